@@ -58,22 +58,39 @@ def mask_to_polygons(
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
     binary = (mask != 0).astype(np.uint8)
-    if not binary.any():
+    pairs = labels_to_polygons(binary, transform, min_area, simplify_tolerance, connectivity)
+    return [poly for poly, _ in pairs]
+
+
+def labels_to_polygons(
+    labels: np.ndarray,
+    transform: Affine,
+    min_area: float = 0.0,
+    simplify_tolerance: float = 0.0,
+    connectivity: int = 4,
+) -> list[tuple[Polygon, int]]:
+    """Polygons of every non-zero label of an H×W integer array, as (polygon, label).
+
+    Lets a caller keep which object each polygon came from (label = object id + 1).
+    Same parameters as ``mask_to_polygons``; largest polygon first.
+    """
+    labels = np.asarray(labels)
+    if not labels.any():
         return []
-    polygons = []
+    if labels.dtype not in (np.uint8, np.uint16, np.int16, np.int32):
+        labels = labels.astype(np.int32)
+    pairs = []
     for geom, value in rasterio.features.shapes(
-        binary, mask=binary.astype(bool), connectivity=connectivity, transform=transform
+        labels, mask=labels != 0, connectivity=connectivity, transform=transform
     ):
-        if value != 1:
-            continue
         poly = shape(geom)
         if simplify_tolerance > 0:
             poly = poly.simplify(simplify_tolerance, preserve_topology=True)
         if poly.is_empty or poly.area < min_area:
             continue
-        polygons.append(poly)
-    polygons.sort(key=lambda p: p.area, reverse=True)
-    return polygons
+        pairs.append((poly, int(value)))
+    pairs.sort(key=lambda pair: pair[0].area, reverse=True)
+    return pairs
 
 
 def polygons_to_mask(polygons, transform: Affine, shape_hw: tuple[int, int]) -> np.ndarray:

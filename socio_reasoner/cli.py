@@ -1,0 +1,166 @@
+"""``socio-reasoner``: the engine from the command line, no QGIS needed.
+
+    socio-reasoner segment --sat SAT.tif --map MAP.tif --query "school" --out result.gpkg
+    socio-reasoner download
+
+``segment`` goes through the same ``Engine.handle`` as the QGIS worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import SocioReasonerError
+from .worker.server import DEFAULT_MODELS
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vlm", default=DEFAULT_MODELS["vlm"],
+                   help="VLM: a Hugging Face hub id or a local folder (default: %(default)s).")
+    p.add_argument("--segmenter", default=DEFAULT_MODELS["segmenter"], choices=["sam2", "sam"],
+                   help="Segmenter backend (default: %(default)s).")
+    p.add_argument("--segmenter-checkpoint", default=None,
+                   help="Segmenter weights: hub id, folder, or checkpoint file "
+                        f"(default for sam2: {DEFAULT_MODELS['segmenter_checkpoint']}).")
+    p.add_argument("--segmenter-variant", default=None,
+                   help="Architecture of the checkpoint: hiera_l/hiera_b+/… for sam2, "
+                        "vit_h/vit_l/vit_b for sam.")
+    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default).")
+
+
+def _model_spec(args) -> dict:
+    spec = {"vlm": args.vlm, "segmenter": args.segmenter, "device": args.device}
+    if args.segmenter_checkpoint:
+        spec["segmenter_checkpoint"] = args.segmenter_checkpoint
+    elif args.segmenter != DEFAULT_MODELS["segmenter"]:
+        spec["segmenter_checkpoint"] = None
+    if args.segmenter_variant:
+        spec["segmenter_variant"] = args.segmenter_variant
+    elif args.segmenter != DEFAULT_MODELS["segmenter"]:
+        spec["segmenter_variant"] = None
+    return spec
+
+
+def cmd_segment(args) -> int:
+    from .geo.export import write_polygons
+    from .worker.server import Engine
+
+    for path in (args.sat, args.map):
+        if not Path(path).exists():
+            raise SocioReasonerError(f"Input {path} does not exist.")
+    out = Path(args.out)
+    engine = Engine()
+    engine.load({**_model_spec(args), "generation": {"max_new_tokens": args.max_new_tokens}},
+                lambda f, m: None)
+    params = {"sat": {"path": str(args.sat)}, "map": {"path": str(args.map)},
+              "query": args.query, "mode": args.mode, "min_area_m2": args.min_area,
+              "simplify": args.simplify}
+    progress = _progress_bar()
+    result = engine.handle("run", params, progress)
+    progress(1.0, "done")
+    from shapely.geometry import shape
+
+    feats = result["result"]["features"]
+    write_polygons(out, [shape(f["geometry"]) for f in feats],
+                   [f["properties"] for f in feats], crs=result["crs"], overwrite=args.overwrite)
+    print(f"{len(feats)} polygon(s) for {args.query!r} written to {out}", file=sys.stderr)
+    if args.overlay:
+        _write_overlay(engine, args.overlay, args.overwrite)
+    if args.json:
+        from .geo.export import atomic_target
+
+        with atomic_target(args.json, overwrite=args.overwrite) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def _write_overlay(engine, path, overwrite: bool) -> None:
+    """Satellite image with the final mask, boxes and points, for people to look at."""
+    from PIL import Image
+
+    from .geo.export import atomic_target
+    from .render import draw_feedback, draw_points
+
+    view, run = engine.last_view, engine.last_result
+    fx, fy = run.frame.scale_xy
+    boxes = [(b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy) for b in (p.box_xyxy for p in run.final.prompts)]
+    img = draw_feedback(view.sat.pixels, run.mask, boxes)
+    pts = [(x * fx, y * fy) for p in run.final.prompts for x, y in p.points_xy]
+    img = draw_points(img, pts) if pts else img
+    with atomic_target(path, overwrite=overwrite) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
+
+
+def _progress_bar():
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc="segment", unit="%", file=sys.stderr, leave=False)
+
+    def update(fraction, message):
+        bar.set_postfix_str(message[:40])
+        bar.update(max(0, round(fraction * 100) - bar.n))
+        if fraction >= 1.0:
+            bar.close()
+    return update
+
+
+def cmd_download(args) -> int:
+    from .models.hub import download_defaults
+
+    for name, path in download_defaults(vlm=args.vlm, segmenter_checkpoint=args.segmenter_checkpoint).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="socio-reasoner", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log debugging details.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", help="Find a place in one view and write polygons.")
+    seg.add_argument("--sat", required=True, help="Satellite image: GeoTIFF (or any GDAL raster).")
+    seg.add_argument("--map", required=True,
+                     help="Map rendering of the same area: a raster in any CRS (read onto the "
+                          "satellite grid) or an image of the same size.")
+    seg.add_argument("--query", required=True, help="What to find, e.g. 'school'.")
+    seg.add_argument("--out", required=True, help="Output polygons: .gpkg, .shp or .geojson.")
+    seg.add_argument("--overlay", help="Also write a PNG of the result over the satellite image.")
+    seg.add_argument("--json", help="Also write a JSON report with raw answers and timings.")
+    seg.add_argument("--mode", default="two-stage", choices=["two-stage", "stage1", "single"],
+                     help="The paper's method (default) or one of its ablations.")
+    seg.add_argument("--min-area", type=float, default=0.0, help="Drop polygons under this many m².")
+    seg.add_argument("--simplify", type=float, default=0.0,
+                     help="Simplify outlines by this tolerance, in map units.")
+    seg.add_argument("--max-new-tokens", type=int, default=1024, help="Answer length cap per stage.")
+    seg.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
+    _add_model_args(seg)
+    seg.set_defaults(func=cmd_segment)
+
+    dl = sub.add_parser("download", help="Fetch the default weights into the Hugging Face cache.")
+    dl.add_argument("--vlm", default=DEFAULT_MODELS["vlm"], help="VLM hub id (default: %(default)s).")
+    dl.add_argument("--segmenter-checkpoint", default=DEFAULT_MODELS["segmenter_checkpoint"],
+                    help="SAM2 hub id (default: %(default)s).")
+    dl.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SocioReasonerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

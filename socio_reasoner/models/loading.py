@@ -1,0 +1,38 @@
+"""Build a ``SocioReasoner`` from a plain model spec (what the worker's ``load`` receives).
+
+Spec keys: ``vlm`` (hub id, local folder, or ``"scripted"`` with ``vlm_answers``),
+``segmenter`` (``"sam2"``, ``"sam"`` or ``"box"``), ``segmenter_checkpoint`` (hub id,
+folder or file), ``segmenter_variant`` and ``device``.
+"""
+
+from __future__ import annotations
+
+from ..pipeline import SocioReasoner
+
+
+def build_vlm(spec: dict):
+    name = spec.get("vlm")
+    if name == "scripted":
+        from .scripted import ScriptedVLM
+
+        return ScriptedVLM(list(spec.get("vlm_answers") or []), float(spec.get("vlm_delay_s", 0)))
+    from .vlm import TransformersVLM
+
+    return TransformersVLM(name, device=spec.get("device", "auto"), dtype=spec.get("dtype", "auto"))
+
+
+def build_segmenter(spec: dict):
+    kind = spec.get("segmenter", "sam2")
+    if kind == "box":
+        from .scripted import BoxSegmenter
+
+        return BoxSegmenter()
+    from .segmenter import load_segmenter
+
+    return load_segmenter(kind, spec.get("segmenter_checkpoint"), spec.get("segmenter_variant"),
+                          device=spec.get("device", "auto"))
+
+
+def build_reasoner(spec: dict) -> SocioReasoner:
+    """Load both models; the VLM first, since a missing VLM is the likelier error."""
+    return SocioReasoner(build_vlm(spec), build_segmenter(spec))

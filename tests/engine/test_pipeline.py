@@ -1,0 +1,145 @@
+"""The two-stage loop checked to the pixel with scripted answers and box masks.
+
+The real tiny models run the same loop in test_end_to_end.py; here exact values let a
+wrong frame, colour or prompt order fail loudly.
+"""
+
+import numpy as np
+import pytest
+
+from socio_reasoner import prompts
+from socio_reasoner.errors import CancelledError, ShapeMismatchError
+from socio_reasoner.frames import ModelFrame, frame_to_map, map_to_frame, smart_resize
+from socio_reasoner.geo.image import Grid
+from socio_reasoner.models.scripted import BoxSegmenter, ScriptedVLM
+from socio_reasoner.parsing import ObjectPrompt
+from socio_reasoner.pipeline import SocioReasoner
+from socio_reasoner.render import draw_feedback, resize_rgb
+
+S1 = '<think>two schools</think><answer>[{"bbox_2d": [100, 100, 200, 150]}, {"bbox_2d": [400, 300, 500, 420]}]</answer>'
+S2 = ('<think>points</think><answer>[{"bbox_2d": [100, 100, 200, 150], "points": [[150, 120], [160, 130]]}, '
+      '{"bbox_2d": [400, 300, 500, 420], "points": [[450, 350]]}]</answer>')
+
+
+@pytest.fixture
+def tile():
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (768, 768, 3), dtype=np.uint8),
+            rng.integers(0, 256, (768, 768, 3), dtype=np.uint8))
+
+
+def test_smart_resize_matches_transformers():
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf
+
+    for h, w in [(768, 768), (1024, 512), (500, 500), (3000, 2000), (300, 900), (28, 56)]:
+        assert smart_resize(h, w) == hf(h, w, factor=28, min_pixels=500 * 500, max_pixels=1344 * 1344)
+    assert ModelFrame.for_tile(768, 768).frame_wh == (756, 756)
+
+
+def test_frames_round_trip_through_map():
+    frame = ModelFrame.for_tile(768, 768)
+    grid = Grid.from_bounds(385000, 6671000, 385768, 6671768, 768, 768, "EPSG:32635")
+    xy = np.array([[0, 0], [756, 756], [378, 100.5]])
+    m = frame_to_map(frame, grid, xy)
+    assert np.allclose(m[0], [385000, 6671768]) and np.allclose(m[1], [385768, 6671000])
+    assert np.allclose(m[2], [385000 + 378 * 768 / 756, 6671768 - 100.5 * 768 / 756])
+    assert np.allclose(map_to_frame(frame, grid, m), xy)
+
+
+def test_two_stage_run_feeds_the_model_exactly(tile):
+    map_img, sat_img = tile
+    vlm, sam = ScriptedVLM([S1, S2]), BoxSegmenter()
+    result = SocioReasoner(vlm, sam).run(map_img, sat_img, "school")
+
+    # Stage 1: map first, then satellite, both at 756², with the verbatim prompt.
+    (imgs1, text1), (imgs2, text2) = vlm.calls
+    map_f, sat_f = resize_rgb(map_img, 756, 756), resize_rgb(sat_img, 756, 756)
+    assert [i.shape for i in imgs1] == [(756, 756, 3)] * 2
+    assert np.array_equal(imgs1[0], map_f) and np.array_equal(imgs1[1], sat_f)
+    assert text1 == prompts.stage1_prompt("school")
+
+    # Stage 2: the stage-1 answer JSON verbatim, and feedback drawn on both images.
+    assert text2 == prompts.stage2_prompt(
+        "school", '[{"bbox_2d": [100, 100, 200, 150]}, {"bbox_2d": [400, 300, 500, 420]}]')
+    inside = (125, 150)                       # row, col inside box 1, away from its outline
+    expected = (0.6 * sat_f[inside].astype(np.float32) + 0.4 * np.float32([255, 0, 0])).astype(np.uint8)
+    assert tuple(imgs2[1][inside]) == tuple(expected)
+    assert tuple(imgs2[0][inside]) == tuple(
+        (0.6 * map_f[inside].astype(np.float32) + 0.4 * np.float32([255, 0, 0])).astype(np.uint8))
+    for row, col in [(100, 100), (101, 150), (150, 200), (149, 199), (300, 450)]:
+        assert tuple(imgs2[1][row, col]) == (0, 0, 255)       # 2-px blue outline, inside the box
+    assert tuple(imgs2[1][102, 150]) != (0, 0, 255)
+    outside = (600, 600)
+    assert np.array_equal(imgs2[1][outside], sat_f[outside])
+
+    # SAM: one encoding; boxes alone in stage 1, boxes with their points in stage 2.
+    assert sam.encode_count == 1
+    assert [c[1] is None for c in sam.calls] == [True, True, False, False]
+    assert np.array_equal(sam.calls[2][1], [[150, 120], [160, 130]])
+    assert np.array_equal(sam.calls[3][0], [400, 300, 500, 420])
+
+    # Final mask at tile size: box 1 spans frame rows 100–149 → tile rows ≈ 101.6–152.4.
+    assert result.mask.shape == (768, 768) and result.mask.dtype == bool
+    rows = np.nonzero(result.mask[:, 160])[0]
+    assert abs(rows.min() - 100 * 768 / 756) <= 1 and abs(rows.max() + 1 - 150 * 768 / 756) <= 1
+    assert len(result.object_masks) == 2 and [s.name for s in result.stages] == ["stage1", "stage2"]
+    assert result.stages[1].prompts[0].points_xy == [(150.0, 120.0), (160.0, 130.0)]
+
+
+def test_stage1_and_single_modes(tile):
+    map_img, sat_img = tile
+    vlm, sam = ScriptedVLM([S1]), BoxSegmenter()
+    r = SocioReasoner(vlm, sam).run(map_img, sat_img, "school", mode="stage1")
+    assert len(vlm.calls) == 1 and [s.name for s in r.stages] == ["stage1"]
+    vlm, sam = ScriptedVLM([S2]), BoxSegmenter()
+    r = SocioReasoner(vlm, sam).run(map_img, sat_img, "school", mode="single")
+    assert vlm.calls[0][1] == prompts.single_stage_prompt("school")
+    assert sam.calls[0][1] is not None and r.final.name == "single"
+    with pytest.raises(ValueError, match="Unknown mode"):
+        SocioReasoner(vlm, sam).run(map_img, sat_img, "school", mode="three-stage")
+    with pytest.raises(ShapeMismatchError):
+        SocioReasoner(vlm, sam).run(map_img[:700], sat_img, "school")
+
+
+def test_empty_answer_skips_stage2_and_yields_empty_mask(tile):
+    vlm = ScriptedVLM(["<think>nothing here</think><answer>[]</answer>"])
+    r = SocioReasoner(vlm, BoxSegmenter()).run(*tile, "zoo")
+    assert len(vlm.calls) == 1 and not r.mask.any()
+    assert any(p.startswith("empty_answer") for p in r.final.parsed.problems)
+
+
+def test_refine_reuses_the_embedding_and_uses_edited_prompts(tile):
+    map_img, sat_img = tile
+    sam = BoxSegmenter()
+    reasoner = SocioReasoner(ScriptedVLM([S1, S2]), sam)
+    reasoner.run(map_img, sat_img, "school")
+    mask, objects, scores = reasoner.refine(sat_img, [ObjectPrompt((10, 10, 60, 40), [(30, 20)])])
+    assert sam.encode_count == 1 and len(objects) == 1 and scores == [1.0]
+    cols = np.nonzero(mask[25])[0]
+    assert abs(cols.min() - 10 * 768 / 756) <= 1 and abs(cols.max() + 1 - 60 * 768 / 756) <= 1
+    other = np.roll(sat_img, 1, axis=0)
+    reasoner.refine(other, [ObjectPrompt((10, 10, 60, 40))])
+    assert sam.encode_count == 2
+
+
+def test_cancel_stops_between_steps(tile):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 1        # let stage 1's VLM call start, stop before SAM
+    vlm = ScriptedVLM([S1, S2])
+    with pytest.raises(CancelledError):
+        SocioReasoner(vlm, BoxSegmenter()).run(*tile, "school", cancel=cancel)
+    assert len(vlm.calls) == 1
+
+
+def test_feedback_rendering_is_pixel_exact():
+    img = np.full((20, 30, 3), 100, np.uint8)
+    mask = np.zeros((20, 30), bool)
+    mask[5:10, 5:10] = True
+    out = draw_feedback(img, mask, [(2, 3, 12, 15)])
+    assert tuple(out[7, 7]) == (162, 60, 60)          # 0.6·100 + 0.4·(255, 0, 0)
+    assert tuple(out[3, 2]) == (0, 0, 255) and tuple(out[4, 3]) == (0, 0, 255)
+    assert tuple(out[5, 4]) == (100, 100, 100)        # just inside the 2-px outline
+    assert tuple(out[0, 0]) == (100, 100, 100) and img[7, 7, 0] == 100   # input untouched

@@ -1,0 +1,134 @@
+"""The worker protocol over in-memory streams, then over a real subprocess pipe."""
+
+import base64
+import io
+import json
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from socio_reasoner.errors import CancelledError, ProtocolError, WorkerError
+from socio_reasoner.geo.image import Grid
+from socio_reasoner.worker import protocol
+from socio_reasoner.worker.client import WorkerClient
+from socio_reasoner.worker.server import Engine, serve
+
+S1 = '<think>a</think><answer>[{"bbox_2d": [100, 100, 200, 150]}]</answer>'
+S2 = '<think>b</think><answer>[{"bbox_2d": [100, 100, 200, 150], "points": [[150, 120]]}]</answer>'
+SCRIPTED = {"vlm": "scripted", "vlm_answers": [S1, S2], "segmenter": "box"}
+
+
+def png_b64(pixels):
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture
+def view_params():
+    rng = np.random.default_rng(1)
+    grid = Grid.from_bounds(385000, 6671000, 385768, 6671768, 768, 768, "EPSG:32635")
+    return {"grid": grid.to_dict(),
+            "sat": {"png_base64": png_b64(rng.integers(0, 256, (768, 768, 3), dtype=np.uint8))},
+            "map": {"png_base64": png_b64(rng.integers(0, 256, (768, 768, 3), dtype=np.uint8))}}
+
+
+def converse(lines):
+    stdin = io.BytesIO("".join(json.dumps(m) + "\n" if isinstance(m, dict) else m for m in lines).encode())
+    stdout = io.BytesIO()
+    assert serve(stdin, stdout, finish_on_eof=True) == 0
+    return [json.loads(line) for line in stdout.getvalue().decode().splitlines()]
+
+
+def replies_by_id(messages):
+    return {m["id"]: m for m in messages if "id" in m and "method" not in m}
+
+
+def test_run_and_refine_over_streams(view_params):
+    run = {"id": 2, "method": "run", "params": {**view_params, "query": "school", "view_id": "v1"}}
+    refine = {"id": 3, "method": "refine", "params": {
+        "view_id": "v1", "query": "school",
+        "prompts": [{"box": [385100, 6671500, 385300, 6671600], "points": [[385200, 6671550]]}]}}
+    msgs = converse([protocol.request(1, "load", SCRIPTED), run, refine])
+    replies = replies_by_id(msgs)
+    assert replies[1]["result"]["models"]["vlm"] == "scripted"
+    r = replies[2]["result"]
+    assert r["view_id"] == "v1" and "UTM zone 35N" in r["crs"]
+    (feature,) = r["result"]["features"]
+    from shapely.geometry import shape
+    poly = shape(feature["geometry"])
+    # box (100,100)-(200,150) in the 756 frame → map, within one tile pixel (1 m)
+    s = 768 / 756
+    assert poly.bounds == pytest.approx((385000 + 100 * s, 6671768 - 150 * s,
+                                         385000 + 200 * s, 6671768 - 100 * s), abs=1.0)
+    assert feature["properties"]["box_id"] == 0 and feature["properties"]["stage"] == "stage2"
+    assert feature["properties"]["area_m2"] == pytest.approx(poly.area, rel=1e-6)
+    assert [f["properties"]["stage"] for f in r["boxes"]["features"]] == ["stage1", "stage2"]
+    assert len(r["points"]["features"]) == 1 and r["sam_encodings"] == 1
+    progress = [m for m in msgs if m.get("method") == "progress" and m["params"]["id"] == 2]
+    assert progress and progress[-1]["params"]["fraction"] == pytest.approx(0.95)
+    ref = replies[3]["result"]
+    (rf,) = ref["result"]["features"]
+    assert shape(rf["geometry"]).bounds == pytest.approx((385100, 6671500, 385300, 6671600), abs=1.1)
+    assert ref["sam_encodings"] == 1      # the run's embedding was reused
+
+
+def test_bad_messages_get_error_replies_and_the_loop_survives():
+    msgs = converse(["this is not json\n", "[1, 2]\n", "\n",
+                     {"id": 5, "method": "format_disk", "params": {}},
+                     {"method": "run", "params": {}},
+                     {"id": 6, "method": "run", "params": {"query": ""}},
+                     {"id": 7, "method": "shutdown"}])
+    errors = [m["error"]["code"] for m in msgs if "error" in m]
+    assert errors[:4] == ["protocol", "protocol", "protocol", "protocol"]
+    assert replies_by_id(msgs)[7]["result"] == {"ok": True}
+
+
+def test_engine_rejects_unknown_methods_and_empty_queries():
+    engine = Engine()
+    with pytest.raises(ProtocolError, match="Unknown method"):
+        engine.handle("exec", {})
+    with pytest.raises(ValueError, match="query is empty"):
+        engine.handle("run", {"query": "  "})
+
+
+def _worker_client(tmp_path):
+    return WorkerClient(python=sys.executable, log_path=tmp_path / "worker.log",
+                        env={"HF_HUB_OFFLINE": "1"})
+
+
+def test_subprocess_round_trip_progress_and_cancel(tmp_path, view_params):
+    with _worker_client(tmp_path) as client:
+        hello = client.request("hello", timeout_s=120)
+        assert hello["protocol"] == protocol.PROTOCOL_VERSION and hello["pid"] != 0
+        client.request("load", {**SCRIPTED, "vlm_delay_s": 0.5})
+        seen = []
+        out = client.request("run", {**view_params, "query": "school"},
+                             on_progress=lambda f, m: seen.append((f, m)), timeout_s=60)
+        assert len(out["result"]["features"]) == 1 and seen[0][0] == 0.0
+        assert [m for _, m in seen if m.startswith("stage 2")]
+
+        flag = threading.Event()
+        threading.Timer(0.2, flag.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(CancelledError):
+            client.request("run", {**view_params, "query": "school"}, is_cancelled=flag.is_set)
+        assert time.monotonic() - t0 < 3.0          # promptly, at the next step boundary
+        assert client.request("hello")["pid"] == hello["pid"]   # same worker, still alive
+
+
+def test_worker_crash_is_reported_with_its_log(tmp_path):
+    client = _worker_client(tmp_path)
+    client.start()
+    client.request("hello", timeout_s=120)
+    client._proc.kill()
+    with pytest.raises(WorkerError, match="stopped unexpectedly"):
+        client.request("hello", timeout_s=30)
+    client.kill()
+    missing = WorkerClient(python=tmp_path / "nope" / "python")
+    with pytest.raises(WorkerError, match="engine environment was not found"):
+        missing.start()

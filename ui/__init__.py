@@ -1,0 +1,1 @@
+"""Qt widgets of the SocioReasoner plugin (Qt only through qgis.PyQt)."""
