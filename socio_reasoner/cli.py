@@ -108,6 +108,29 @@ def _progress_bar():
     return update
 
 
+def cmd_evaluate(args) -> int:
+    from .data.socioseg import SocioSegDataset
+    from .evaluate import evaluate
+    from .metrics import MetricConfig
+
+    dataset = SocioSegDataset.open(args.data, split=args.split, task_map=args.task_map)
+    reasoner = None
+    if not args.predictions:
+        from .models.loading import build_reasoner
+        from .models.base import GenerationConfig
+
+        reasoner = build_reasoner(_model_spec(args))
+        reasoner.generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    config = MetricConfig(empty_iou=args.empty_iou, min_instance_px=args.min_instance_px,
+                          match_iou=args.match_iou)
+    summary = evaluate(dataset, args.out, reasoner=reasoner, predictions_dir=args.predictions,
+                       mode=args.mode, limit=args.limit, config=config)
+    o = summary["overall"]
+    print(f"cIoU {o['cIoU']:.1f}  gIoU {o['gIoU']:.1f}  F1 {o['F1']:.1f}  "
+          f"(n={o['n']}, skipped {summary['counts']['skipped']}) -> {args.out}/summary.md")
+    return 0
+
+
 def cmd_download(args) -> int:
     from .models.hub import download_defaults
 
@@ -139,6 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="Replace existing output files.")
     _add_model_args(seg)
     seg.set_defaults(func=cmd_segment)
+
+    ev = sub.add_parser("evaluate", help="Score a model or a folder of masks on SocioSeg.")
+    ev.add_argument("--data", required=True,
+                    help="SocioSeg: hub id, parquet/arrow/saved-dataset folder, or raw folders.")
+    ev.add_argument("--split", default="test", help="Split to score (default: %(default)s).")
+    ev.add_argument("--out", required=True, help="Run folder; an existing run there is resumed.")
+    ev.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
+    ev.add_argument("--mode", default="two-stage", choices=["two-stage", "stage1", "single"])
+    ev.add_argument("--predictions", default=None,
+                    help="Score <id>.png masks from this folder instead of running a model.")
+    ev.add_argument("--task-map", default=None, help="CSV of id,task when the data has no task column.")
+    ev.add_argument("--max-new-tokens", type=int, default=1024, help="Answer length cap per stage.")
+    ev.add_argument("--empty-iou", type=float, default=1.0,
+                    help="gIoU of a sample with empty prediction and truth (default 1).")
+    ev.add_argument("--min-instance-px", type=int, default=10,
+                    help="F1 instances need more pixels than this (default 10).")
+    ev.add_argument("--match-iou", type=float, default=0.5, help="F1 match threshold (default 0.5).")
+    _add_model_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
 
     dl = sub.add_parser("download", help="Fetch the default weights into the Hugging Face cache.")
     dl.add_argument("--vlm", default=DEFAULT_MODELS["vlm"], help="VLM hub id (default: %(default)s).")

@@ -55,6 +55,24 @@ class ModelLoadError(SocioReasonerError, RuntimeError):
     code = "model_load"
 
 
+class DatasetNotFoundError(SocioReasonerError, FileNotFoundError):
+    """No such dataset source or split, or a hub dataset that is not cached offline."""
+
+    code = "dataset_not_found"
+
+
+class DatasetFormatError(SocioReasonerError, ValueError):
+    """Data without SocioSeg's columns or files, or an unreadable task map."""
+
+    code = "dataset_format"
+
+
+class BadSampleError(SocioReasonerError, ValueError):
+    """One sample cannot be used (unreadable image, wrong mask size, empty question)."""
+
+    code = "bad_sample"
+
+
 class CancelledError(SocioReasonerError):
     """The running job was cancelled by the user."""
 
@@ -77,7 +95,8 @@ _BY_CODE = {
     cls.code: cls
     for cls in (
         SocioReasonerError, RasterOpenError, NoOverlapError, CRSError, ShapeMismatchError,
-        OutputExistsError, ModelNotFoundError, ModelLoadError, CancelledError,
+        OutputExistsError, ModelNotFoundError, ModelLoadError, DatasetNotFoundError,
+        DatasetFormatError, BadSampleError, CancelledError,
         ProtocolError, WorkerError,
     )
 }
