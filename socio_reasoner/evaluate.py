@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .metrics import MetricConfig, sample_scores, summarize
+from .metrics import DEFAULT_METRICS, MetricConfig, sample_scores, summarize
 
 RECORDS = "records.jsonl"
 # Parser problems meaning the answer could not be read at all (not merely repaired).
@@ -50,7 +50,7 @@ def _load_mask_png(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def evaluate(dataset, out_dir, reasoner=None, predictions_dir=None, mode: str = "two-stage",
-             limit: int | None = None, config: MetricConfig = MetricConfig(),
+             limit: int | None = None, config: MetricConfig = DEFAULT_METRICS,
              show_progress: bool = True) -> dict:
     """Score a model (``reasoner``) or a folder of masks (``predictions_dir``) on a dataset.
 
@@ -115,7 +115,7 @@ def _score_one(sample, out: Path, reasoner, predictions_dir, mode, config) -> di
     return record
 
 
-def write_summary(out: Path, config: MetricConfig = MetricConfig(), dataset=None) -> dict:
+def write_summary(out: Path, config: MetricConfig = DEFAULT_METRICS, dataset=None) -> dict:
     """Summary JSON + Markdown, a per-task (or per-query) IoU bar chart, and a gallery of
     the best and worst samples (when the dataset is at hand to draw them)."""
     rows = read_records(out / RECORDS)

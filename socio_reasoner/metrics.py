@@ -33,6 +33,9 @@ class MetricConfig:
     match_iou: float = 0.5       # a matched pair counts as TP from this IoU on
 
 
+DEFAULT_METRICS = MetricConfig()
+
+
 @dataclass
 class SampleScore:
     """Counts for one sample; everything ``summarize`` needs."""
@@ -60,7 +63,7 @@ def instances(mask: np.ndarray, min_px: int) -> list[np.ndarray]:
     return [c for c in comps if c.size > min_px]
 
 
-def instance_matches(pred: np.ndarray, truth: np.ndarray, config: MetricConfig = MetricConfig()
+def instance_matches(pred: np.ndarray, truth: np.ndarray, config: MetricConfig = DEFAULT_METRICS
                      ) -> tuple[int, int, int]:
     """(TP, FP, FN) of one sample under the F1 definition in the module docstring."""
     p = instances(pred, config.min_instance_px)
@@ -78,7 +81,7 @@ def instance_matches(pred: np.ndarray, truth: np.ndarray, config: MetricConfig =
     return tp, len(p) - tp, len(t) - tp
 
 
-def sample_scores(pred: np.ndarray, truth: np.ndarray, config: MetricConfig = MetricConfig()
+def sample_scores(pred: np.ndarray, truth: np.ndarray, config: MetricConfig = DEFAULT_METRICS
                   ) -> SampleScore:
     """Score one predicted mask (H×W bool) against its truth (H×W bool)."""
     pred = np.asarray(pred, bool)

@@ -15,7 +15,11 @@ from shapely.geometry import Polygon, box, shape
 from shapely.ops import unary_union
 
 from socio_reasoner.errors import (
-    CRSError, NoOverlapError, OutputExistsError, RasterOpenError, ShapeMismatchError,
+    CRSError,
+    NoOverlapError,
+    OutputExistsError,
+    RasterOpenError,
+    ShapeMismatchError,
 )
 from socio_reasoner.geo.export import atomic_target, write_polygons
 from socio_reasoner.geo.image import GeoImage, Grid
@@ -227,7 +231,7 @@ def test_write_polygons_round_trip_and_never_overwrites(tmp_path, ext):
     assert list(fields[0]) == ["school", "école ñ"] and list(fields[1]) == [0, 1]
     import shapely
     back = [shapely.from_wkb(g) for g in geoms]
-    assert all(b.equals(p) for b, p in zip(back, polys))
+    assert all(b.equals(p) for b, p in zip(back, polys, strict=True))
 
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(OutputExistsError, match="exists"):

@@ -1,0 +1,210 @@
+"""Qwen2.5-VL through transformers, behind `VLMBackend`: one user turn of images then text.
+
+torch and transformers are imported when a model is built, never at module import, so the
+pipeline can import this module cheaply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import numpy as np
+
+from ..errors import ModelLoadError
+from ..frames import QWEN_FACTOR as FACTOR
+from ..frames import QWEN_MAX_PIXELS as MAX_PIXELS
+from ..frames import QWEN_MIN_PIXELS as MIN_PIXELS
+from ..frames import smart_resize
+from .base import GenerationConfig, VLMReply
+from .hub import resolve_model_dir
+
+PATCH = 14   # Qwen2.5-VL vision patch side in pixels; FACTOR = PATCH × 2 (spatial merge)
+
+
+
+def pick_device(device: str = "auto") -> str:
+    """``"auto"`` means cuda, then mps, then cpu; anything else is returned unchanged."""
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(dtype, device: str):
+    """``"auto"``: bfloat16 on GPUs (cuda, mps), float32 on CPU; strings name torch dtypes."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return torch.float32 if device.startswith("cpu") else torch.bfloat16
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+class TransformersVLM:
+    """Qwen2.5-VL (or a same-format model) loaded from a folder or a hub id.
+
+    Parameters
+    ----------
+    model : str or PathLike
+        Local folder or hub id (``"vvangfaye/SocioReasoner-3B"``); hub ids use the cache
+        and download with a progress bar unless ``HF_HUB_OFFLINE=1``.
+    device : str
+        ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"``.
+    dtype : str or torch.dtype
+        ``"auto"`` (bf16 on GPU, fp32 on CPU) or e.g. ``"float16"``.
+    min_pixels, max_pixels : int
+        Processor area bounds; they define `model_frame`.
+    attn_implementation : str
+        Passed to transformers (``"sdpa"``; ``"flash_attention_2"`` where installed).
+    revision : str, optional
+        Hub revision.
+    """
+
+    def __init__(self, model: str | os.PathLike, device: str = "auto", dtype="auto",
+                 min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+                 attn_implementation: str = "sdpa", revision: str | None = None):
+        path = resolve_model_dir(model, revision=revision)
+        self.name = f"transformers:{model}"
+        self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
+        self.device = pick_device(device)
+        try:
+            import torch
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            self._torch = torch
+            self.dtype = pick_dtype(dtype, self.device)
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            self.processor.image_processor.size = {"shortest_edge": self.min_pixels,
+                                                   "longest_edge": self.max_pixels}
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=self.dtype, trust_remote_code=False,
+                attn_implementation=attn_implementation).to(self.device).eval()
+        except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+            raise ModelLoadError(f"Could not load the VLM from '{path}': {exc}") from exc
+        tok = self.processor.tokenizer
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
+        self._eos = [eos] if isinstance(eos, int) else list(eos)
+        self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
+
+    def model_frame(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the model sees; a 768×768 tile becomes 756×756."""
+        h, w = smart_resize(height, width, FACTOR, self.min_pixels, self.max_pixels)
+        return w, h
+
+    def _gen_kwargs(self, config: GenerationConfig) -> dict:
+        """A complete transformers generation config, so hub defaults (e.g. repetition
+        penalty, sampling) never leak into what the caller asked for."""
+        from transformers import GenerationConfig as HFGenerationConfig
+
+        args = dict(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
+                    do_sample=config.do_sample, eos_token_id=self._eos, pad_token_id=self._pad,
+                    repetition_penalty=1.0, num_beams=1, use_cache=True)
+        if config.do_sample:
+            args.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        return {"generation_config": HFGenerationConfig(**args)}
+
+    def _prepare(self, requests: list[tuple[list[np.ndarray], str]]):
+        """Chat template + processor for a batch; checks every image is already in frame."""
+        from PIL import Image
+
+        prompts, flat, grids = [], [], []
+        for images, text in requests:
+            content = []
+            for img in images:
+                arr = np.asarray(img)
+                if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+                    raise ValueError(f"images must be H×W×3 uint8, got {arr.shape} {arr.dtype}")
+                h, w = arr.shape[:2]
+                if self.model_frame(w, h) != (w, h):
+                    raise ValueError(f"image {w}x{h} is not at model frame {self.model_frame(w, h)}")
+                flat.append(Image.fromarray(arr))
+                grids.append([1, h // PATCH, w // PATCH])
+                content.append({"type": "image"})
+            content.append({"type": "text", "text": text})
+            conv = [{"role": "user", "content": content}]
+            prompts.append(self.processor.apply_chat_template(conv, tokenize=False,
+                                                              add_generation_prompt=True))
+        inputs = self.processor(text=prompts, images=flat or None, do_resize=False, padding=True,
+                                padding_side="left", return_tensors="pt")
+        if flat:
+            got = inputs["image_grid_thw"].tolist()
+            if got != grids:
+                raise RuntimeError(f"processor resized the images: grids {got}, expected {grids}")
+        return inputs.to(self.device)
+
+    def _count_new(self, row) -> int:
+        """New tokens up to and including the first end token (padding after it is not
+        generated text)."""
+        ends = [i for i, t in enumerate(row.tolist()) if t in self._eos]
+        return ends[0] + 1 if ends else len(row)
+
+    def batch_generate(self, requests: list[tuple[list[np.ndarray], str]],
+                       config: GenerationConfig | None = None) -> list[VLMReply]:
+        """Answer several independent turns in one left-padded batch.
+
+        Parameters
+        ----------
+        requests : list of (images, text)
+            Each ``images`` is a list of H×W×3 uint8 arrays at `model_frame` size.
+        config : GenerationConfig, optional
+            Greedy by default; sampling is seeded with ``config.seed``.
+
+        Returns
+        -------
+        list of VLMReply
+            One per request; ``seconds`` holds the batch's wall times.
+        """
+        torch = self._torch
+        config = config or GenerationConfig()
+        t0 = time.perf_counter()
+        inputs = self._prepare(requests)
+        t1 = time.perf_counter()
+        with torch.random.fork_rng(devices=self._rng_devices()), torch.inference_mode(), \
+                self._attention_kernels():
+            torch.manual_seed(config.seed)
+            out = self.model.generate(**inputs, **self._gen_kwargs(config))
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t2 = time.perf_counter()
+        prompt_len = inputs["input_ids"].shape[1]
+        replies = []
+        for i in range(out.shape[0]):
+            new = out[i, prompt_len:]
+            n = self._count_new(new)
+            text = self.processor.tokenizer.decode(new[:n], skip_special_tokens=True)
+            replies.append(VLMReply(text=text, new_tokens=n,
+                                    prompt_tokens=int(inputs["attention_mask"][i].sum()),
+                                    seconds={"preprocess": t1 - t0, "generate": t2 - t1}))
+        return replies
+
+    def generate(self, images: list[np.ndarray], text: str,
+                 config: GenerationConfig | None = None) -> VLMReply:
+        """One user turn: ``images`` (H×W×3 uint8, already at `model_frame` size) in order,
+        then ``text``. Returns the decoded new text without special tokens."""
+        return self.batch_generate([(list(images), text)], config)[0]
+
+    def _attention_kernels(self):
+        """On CUDA, SDPA without its cuDNN kernel: cuDNN builds a plan per new sequence
+        length, which made the first 256-token answer ~3x slower on an H100 (every decode
+        step is a new length); flash / memory-efficient kernels have no such warm-up."""
+        if not self.device.startswith("cuda"):
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                            SDPBackend.MATH])
+
+    def _rng_devices(self) -> list:
+        """Devices whose RNG a seeded call forks, so seeding never disturbs the caller."""
+        if self.device.startswith("cuda"):
+            idx = self._torch.device(self.device).index
+            return [idx if idx is not None else self._torch.cuda.current_device()]
+        return []
