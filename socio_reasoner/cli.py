@@ -48,11 +48,15 @@ def _model_spec(args) -> dict:
 def cmd_segment(args) -> int:
     from .geo.export import write_polygons
     from .worker.server import Engine
+    from .worker.views import RESULT_SCHEMA
 
     for path in (args.sat, args.map):
         if not Path(path).exists():
             raise SocioReasonerError(f"Input {path} does not exist.")
     out = Path(args.out)
+    for target in (out, args.overlay, args.json):   # fail before minutes of model work
+        if target and Path(target).exists() and not args.overwrite:
+            raise SocioReasonerError(f"{target} exists; choose another name or pass --overwrite.")
     engine = Engine()
     engine.load({**_model_spec(args), "generation": {"max_new_tokens": args.max_new_tokens}},
                 lambda f, m: None)
@@ -66,7 +70,8 @@ def cmd_segment(args) -> int:
 
     feats = result["result"]["features"]
     write_polygons(out, [shape(f["geometry"]) for f in feats],
-                   [f["properties"] for f in feats], crs=result["crs"], overwrite=args.overwrite)
+                   [f["properties"] for f in feats], crs=result["crs"], overwrite=args.overwrite,
+                   schema=RESULT_SCHEMA)
     print(f"{len(feats)} polygon(s) for {args.query!r} written to {out}", file=sys.stderr)
     if args.overlay:
         _write_overlay(engine, args.overlay, args.overwrite)
@@ -116,8 +121,8 @@ def cmd_evaluate(args) -> int:
     dataset = SocioSegDataset.open(args.data, split=args.split, task_map=args.task_map)
     reasoner = None
     if not args.predictions:
-        from .models.loading import build_reasoner
         from .models.base import GenerationConfig
+        from .models.loading import build_reasoner
 
         reasoner = build_reasoner(_model_spec(args))
         reasoner.generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
@@ -132,10 +137,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .models.hub import download_defaults
+    """Fill the Hugging Face cache so later runs work offline."""
+    from .models.hub import resolve_file, resolve_model_dir
+    from .models.segmenter import SAM2_HUB
 
-    for name, path in download_defaults(vlm=args.vlm, segmenter_checkpoint=args.segmenter_checkpoint).items():
-        print(f"{name}: {path}")
+    print(f"vlm: {resolve_model_dir(args.vlm)}")
+    if args.segmenter_checkpoint not in SAM2_HUB:
+        raise SocioReasonerError(f"Unknown SAM2 hub id {args.segmenter_checkpoint!r}; "
+                                 f"known: {', '.join(sorted(SAM2_HUB))}.")
+    filename = SAM2_HUB[args.segmenter_checkpoint][1]
+    print(f"segmenter: {resolve_file(args.segmenter_checkpoint, filename=filename)}")
     return 0
 
 

@@ -57,8 +57,15 @@ def atomic_target(path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _field_array(values: list):
-    """A numpy column for pyogrio with the narrowest faithful type."""
+_DTYPES = {bool: bool, int: np.int64, float: np.float64, str: object}
+
+
+def _field_array(values: list, kind: type | None = None):
+    """A numpy column for pyogrio: of ``kind`` when given, else the narrowest faithful type."""
+    if kind is not None:
+        if kind is str:
+            return np.asarray([None if v is None else str(v) for v in values], dtype=object)
+        return np.asarray(values, dtype=_DTYPES[kind])
     if all(isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=bool)
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
@@ -76,6 +83,7 @@ def write_polygons(
     driver: str | None = None,
     layer: str | None = None,
     overwrite: bool = False,
+    schema: dict[str, type] | None = None,
 ) -> Path:
     """Write polygons (shapely) with one attribute dict each.
 
@@ -89,6 +97,8 @@ def write_polygons(
     crs : rasterio CRS, WKT, ``"EPSG:n"`` or None (no CRS written).
     overwrite : bool
         Replace an existing dataset; otherwise OutputExistsError and nothing changes.
+    schema : dict of field name → type (bool, int, float, str), optional
+        Fixes the fields and their types, so an empty result still has its columns.
 
     Returns
     -------
@@ -103,9 +113,12 @@ def write_polygons(
     attributes = list(attributes) if attributes is not None else [{} for _ in polygons]
     if len(attributes) != len(polygons):
         raise ValueError(f"{len(polygons)} polygons but {len(attributes)} attribute rows.")
-    keys = list(attributes[0]) if attributes else []
-    fields = list(keys)
-    data = [_field_array([row.get(k) for row in attributes]) for k in keys]
+    if schema is not None:
+        fields = list(schema)
+        data = [_field_array([row.get(k) for row in attributes], schema[k]) for k in fields]
+    else:
+        fields = list(attributes[0]) if attributes else []
+        data = [_field_array([row.get(k) for row in attributes]) for k in fields]
     geoms = [shapely.geometry.MultiPolygon([g]) if g.geom_type == "Polygon" else g for g in polygons]
     wkb = np.array([shapely.to_wkb(g) for g in geoms], dtype=object)
     crs_text = None if crs is None else (crs if isinstance(crs, str) else crs.to_wkt())

@@ -72,7 +72,7 @@ class Engine:
             return {"models": spec, "reused": True}
         self.unload()
         progress(0.0, "loading models")
-        from ..models.loading import build_reasoner   # heavy imports start here
+        from ..models.loading import build_reasoner  # heavy imports start here
 
         t0 = time.perf_counter()
         self.reasoner = build_reasoner(spec)

@@ -26,6 +26,10 @@ from ..geo.raster import is_georeferenced, read_image, read_to_grid
 from ..geo.vectorize import labels_to_polygons
 from ..parsing import ObjectPrompt
 
+# The attributes of every result polygon, in order (the plugin's result layer has the same).
+RESULT_SCHEMA = {"query": str, "box_id": int, "area_m2": float, "model": str, "stage": str,
+                 "created": str}
+
 
 @dataclass
 class View:

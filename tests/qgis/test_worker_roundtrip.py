@@ -2,7 +2,6 @@
 QGIS environment to a worker in the engine environment, with torch kept out of QGIS."""
 
 import base64
-import io
 import os
 import sys
 
