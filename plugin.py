@@ -13,6 +13,7 @@ from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
+from .ui.controller import Controller
 from .ui.dock import SocioReasonerDock
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -34,6 +35,7 @@ class SocioReasonerPlugin:
         self.iface = iface
         self.action = None
         self.dock = None
+        self.controller = None
 
     def initGui(self):  # noqa: N802 (QGIS plugin API)
         """Add the checkable toolbar action, its Raster menu entry and the hidden panel."""
@@ -58,9 +60,13 @@ class SocioReasonerPlugin:
 
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU_NAME, self.action)
+        self.controller = Controller(self.iface, self.dock)
 
     def unload(self):
         """Remove all initGui() added: signals, toolbar icon, menu entry and the panel."""
+        if self.controller is not None:
+            self.controller.shutdown()     # stops a running job and the engine worker
+            self.controller = None
         if self.action is not None:
             self._disconnect(self.action.toggled, self._on_action_toggled)
         if self.dock is not None:

@@ -1,0 +1,201 @@
+"""The whole flow from the dock in a real QGIS with the real worker process:
+query → task → layers; cancel; a killed worker; edited prompts → Refine; export.
+
+Exact geometry comes from a scripted VLM and box masks served by the worker; the tiny
+random models run the same flow once to prove the real backends load and answer.
+"""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENGINE_PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+S1 = '<think>a</think><answer>[{"bbox_2d": [300, 300, 420, 380]}]</answer>'
+S2 = '<think>b</think><answer>[{"bbox_2d": [300, 300, 420, 380], "points": [[350, 340]]}]</answer>'
+
+pytestmark = pytest.mark.skipif(not os.path.exists(ENGINE_PYTHON),
+                                reason="engine env not built (make setup)")
+
+
+def wait_for(controller, timeout_s=240):
+    deadline = time.monotonic() + timeout_s
+    while controller.task is not None and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    assert controller.task is None, "the task did not finish in time"
+    return controller.last_outcome
+
+
+@pytest.fixture
+def scene(plugin_package, qgis_iface, qgis_canvas, tmp_path):
+    """The Helsinki sample (EPSG:3067) shown in a project in EPSG:3857, and a dock."""
+    from socioreasoner.ui.controller import Controller
+    from socioreasoner.ui.dock import SocioReasonerDock
+    from socioreasoner.ui.settings import EngineSettings
+
+    project = QgsProject.instance()
+    project.clear()
+    layers = {}
+    for name in ("sat", "map"):
+        src = tmp_path / f"helsinki_{name}.tif"
+        shutil.copy(os.path.join(REPO, "sample", f"helsinki_{name}.tif"), src)
+        layers[name] = QgsRasterLayer(str(src), f"helsinki {name}")
+        assert layers[name].isValid()
+    existing = QgsVectorLayer("Point?crs=EPSG:3857", "my own layer", "memory")
+    project.addMapLayers([layers["sat"], layers["map"], existing])
+    crs = QgsCoordinateReferenceSystem("EPSG:3857")
+    project.setCrs(crs)
+    qgis_canvas.setDestinationCrs(crs)
+    qgis_canvas.resize(600, 600)
+    # The offscreen canvas is wider than tall: a 400-unit-high view is ~700 m wide on the
+    # ground, one 768 px tile at 1 m/px or finer.
+    qgis_canvas.setExtent(QgsRectangle(2777100, 8438000, 2777500, 8438400))
+    qgis_canvas.refresh()
+    dock = SocioReasonerDock()
+    settings = EngineSettings(engine_python=ENGINE_PYTHON, device="cpu", offline=True,
+                              timeout_s=240, max_new_tokens=16,
+                              extra={"vlm": "scripted", "vlm_answers": [S1, S2], "segmenter": "box"})
+    controller = Controller(qgis_iface, dock, settings=settings, project=project,
+                            confirm=lambda *a: True)
+    dock.sat_combo.setLayer(layers["sat"])
+    dock.map_combo.setLayer(layers["map"])
+    qgis_iface.messageBar().clear_messages()
+    yield controller, dock, project, existing
+    controller.shutdown()
+    project.clear()
+
+
+def group_layers(project):
+    root = project.layerTreeRoot()
+    groups = [g for g in root.children() if g.name().startswith("SocioReasoner:")]
+    return groups, [layer.layer() for g in groups for layer in g.findLayers()]
+
+
+def test_find_refine_export_from_the_dock(scene, tmp_path, output_dir):
+    controller, dock, project, existing = scene
+    dock.query_edit.setText("school")
+    assert dock.find_button.isEnabled()
+    dock.find_button.click()
+    assert isinstance(wait_for(controller), type(controller.last_outcome)) and \
+        type(controller.last_outcome).__name__ == "Success", controller.last_outcome
+    groups, layers = group_layers(project)
+    assert len(groups) == 1
+    names = sorted(layer.name() for layer in layers)
+    assert names == ["boxes", "points", "result"]
+    run = controller.run.layers
+    for layer in (run.boxes, run.points, run.result):
+        assert layer.crs().authid() == "EPSG:3857"
+    assert [f.name() for f in run.result.fields()] == [
+        "query", "box_id", "area_m2", "model", "stage", "created"]
+    assert run.result.featureCount() == 1 and run.points.featureCount() == 1
+    assert run.boxes.featureCount() == 2                    # stage 1 and stage 2 boxes
+    first = next(run.result.getFeatures()).geometry().boundingBox()
+    assert existing.featureCount() == 0 and existing.isValid()   # the user's layer untouched
+
+    # The analyst moves the final box 100 m east and adds a point, then refines.
+    run.boxes.startEditing()
+    final = [f for f in run.boxes.getFeatures() if f["stage"] == "stage2"][0]
+    moved = QgsGeometry(final.geometry())
+    moved.translate(100, 0)
+    run.boxes.changeGeometry(final.id(), moved)
+    dock.refine_button.click()
+    assert type(wait_for(controller)).__name__ == "Success", controller.last_outcome
+    after = next(run.result.getFeatures()).geometry().boundingBox()
+    assert after.xMinimum() == pytest.approx(first.xMinimum() + 100, abs=3)
+    assert after.width() == pytest.approx(first.width(), abs=3)
+
+    for ext in (".gpkg", ".shp", ".geojson"):
+        path = str(tmp_path / f"schools{ext}")
+        assert controller.export(path)
+        back = QgsVectorLayer(path, "back", "ogr")
+        assert back.isValid() and back.featureCount() == 1 and back.crs().authid() == "EPSG:3857"
+        before = open(path, "rb").read()
+        assert not controller.export(path)                  # never overwrites silently
+        assert open(path, "rb").read() == before
+    assert controller.export(str(tmp_path / "wgs84.gpkg"), crs=QgsCoordinateReferenceSystem("EPSG:4326"))
+    assert QgsVectorLayer(str(tmp_path / "wgs84.gpkg"), "w", "ogr").crs().authid() == "EPSG:4326"
+
+    dock.resize(380, 420)
+    dock.grab().save(os.path.join(output_dir, "dock_after_run.png"))
+
+
+def test_cancel_mid_run_and_a_killed_worker(scene):
+    controller, dock, project, _ = scene
+    controller.settings.extra["vlm_delay_s"] = 3.0
+    dock.query_edit.setText("park")
+    dock.find_button.click()
+    deadline = time.monotonic() + 120
+    while "stage 1" not in dock.status_label.text() and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    t0 = time.monotonic()
+    dock.cancel_button.click()
+    assert type(wait_for(controller)).__name__ == "Canceled"
+    assert time.monotonic() - t0 < 6 and group_layers(project)[0] == []
+
+    dock.find_button.click()
+    deadline = time.monotonic() + 60
+    while "stage 1" not in dock.status_label.text() and time.monotonic() < deadline:
+        QCoreApplication.processEvents()
+        time.sleep(0.01)
+    controller.session._client._proc.kill()                 # the worker crashes
+    outcome = wait_for(controller)
+    assert type(outcome).__name__ == "Failed" and "stopped unexpectedly" in outcome.message
+    critical = controller.iface.messageBar().get_messages(Qgis.MessageLevel.Critical)
+    assert critical and "stopped unexpectedly" in critical[-1]
+
+    controller.settings.extra["vlm_delay_s"] = 0.0          # QGIS goes on; the next run works
+    dock.find_button.click()
+    assert type(wait_for(controller)).__name__ == "Success"
+
+
+def test_bad_input_gets_a_clear_message(scene):
+    controller, dock, project, _ = scene
+    dock.query_edit.setText("")
+    controller.find_in_view()
+    assert "Type what to find" in dock.status_label.text()
+    dock.query_edit.setText("school")
+    dock.sat_combo.setLayer(None)
+    controller.find_in_view()
+    assert "Choose a satellite layer" in dock.status_label.text()
+    controller.settings.engine_python = "/nonexistent/python"
+    controller.session.settings = controller.settings
+    dock.sat_combo.setLayer(project.mapLayersByName("helsinki sat")[0])
+    dock.find_button.click()
+    outcome = wait_for(controller)
+    assert type(outcome).__name__ == "Failed" and "engine environment was not found" in outcome.message
+    assert "make setup" in outcome.message
+
+
+def test_tiny_real_models_through_the_dock(scene, tmp_path):
+    controller, dock, project, _ = scene
+    build = ("import sys; from socio_reasoner.models.random_init import save_tiny_qwen2_5_vl, "
+             "save_tiny_sam2; save_tiny_qwen2_5_vl(sys.argv[1]); save_tiny_sam2(sys.argv[2])")
+    subprocess.run([ENGINE_PYTHON, "-c", build, str(tmp_path / "vlm"), str(tmp_path / "sam2")],
+                   check=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    controller.settings.extra = {}
+    controller.settings.vlm = str(tmp_path / "vlm")
+    controller.settings.segmenter_checkpoint = str(tmp_path / "sam2")
+    dock.query_edit.setText("where children study")
+    dock.find_button.click()
+    outcome = wait_for(controller)
+    assert type(outcome).__name__ == "Success", outcome
+    (reply,) = outcome.replies
+    assert reply["stages"][0]["raw_text"] and reply["frame_wh"] == [756, 756]
+    assert len(group_layers(project)[0]) == 1
+    assert QgsApplication.taskManager().countActiveTasks() == 0

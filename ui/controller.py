@@ -1,0 +1,285 @@
+"""What happens when the user clicks: capture → task → layers, refine, export.
+
+Kept apart from the dock's widgets so the whole flow can be driven in tests from a real
+QGIS project and canvas. Captures run on the main thread (they read live layers); model
+work runs in an ``EngineTask``; layers are created in the task's ``finished()``.
+"""
+
+import base64
+import json
+from dataclasses import dataclass, field
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProject,
+    QgsRectangle,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
+
+from .capture import CaptureError, capture_view, plan_capture
+from .layers import (
+    ExportError,
+    add_run_layers,
+    geometry_from_geojson,
+    prompts_from_layers,
+    update_result_layer,
+)
+from .session import EngineSession
+from .settings import EngineSettings
+from .task import Canceled, EngineTask, Failed, Success
+
+ASK_ABOVE_TILES = 4     # larger views ask before they start
+
+
+def tr(text):
+    return QCoreApplication.translate("SocioReasoner", text)
+
+
+@dataclass
+class Run:
+    """One "Find in view" result: its layers and the worker views behind each tile."""
+
+    layers: object
+    tiles: list = field(default_factory=list)   # (view_id, QgsRectangle extent)
+
+
+def merge_replies(replies: list[dict]) -> dict:
+    """One reply from the replies of overlapping tiles: prompts are concatenated (box ids
+    renumbered), and result polygons that overlap across tiles are dissolved into one."""
+    if len(replies) == 1:
+        return replies[0]
+    merged = {**replies[0], "boxes": {"type": "FeatureCollection", "features": []},
+              "points": {"type": "FeatureCollection", "features": []}}
+    offset = 0
+    for reply in replies:
+        ids = set()
+        for key in ("boxes", "points"):
+            for f in reply.get(key, {}).get("features", []):
+                props = {**f["properties"], "box_id": f["properties"]["box_id"] + offset}
+                ids.add(f["properties"]["box_id"])
+                merged[key]["features"].append({**f, "properties": props})
+        offset += (max(ids) + 1) if ids else 0
+    feats = [f for r in replies for f in r["result"]["features"]]
+    geoms = [geometry_from_geojson(f["geometry"]) for f in feats]
+    out = []
+    if geoms:
+        union = QgsGeometry.unaryUnion(geoms)
+        for part in union.asGeometryCollection() if union.isMultipart() else [union]:
+            # attributes of the largest source polygon inside this dissolved part
+            src = max((i for i, g in enumerate(geoms) if g.intersects(part)),
+                      key=lambda i: geoms[i].area(), default=0)
+            props = {**feats[src]["properties"], "area_m2": None}
+            out.append({"type": "Feature", "geometry": _geojson(part), "properties": props})
+    merged["result"] = {"type": "FeatureCollection", "features": out}
+    return merged
+
+
+def _geojson(geom: QgsGeometry) -> dict:
+    return json.loads(geom.asJson(17))
+
+
+class Controller:
+    """Connects a dock to the capture, the engine worker and the layers."""
+
+    def __init__(self, iface, dock, settings: EngineSettings | None = None, project=None,
+                 confirm=None):
+        self.iface = iface
+        self.dock = dock
+        self.settings = settings or EngineSettings.load()
+        self.session = EngineSession(self.settings)
+        self.project = project or QgsProject.instance()
+        self.confirm = confirm or self._ask       # (title, text) -> bool; tests pass their own
+        self.task = None
+        self.run = None
+        self.last_outcome = None
+        dock.find_requested.connect(self.find_in_view)
+        dock.cancel_requested.connect(self.cancel)
+        dock.refine_requested.connect(self.refine)
+        dock.export_requested.connect(self.export_dialog)
+        dock.settings_requested.connect(self.settings_dialog)
+
+    # ---------------------------------------------------------------- find
+    def find_in_view(self):
+        query = self.dock.query_edit.text().strip()
+        sat, map_ = self.dock.sat_combo.currentLayer(), self.dock.map_combo.currentLayer()
+        if not query:
+            return self._fail(tr("Type what to find first, for example 'school'."))
+        if sat is None:
+            return self._fail(tr("Choose a satellite layer."))
+        if map_ is None:
+            return self._fail(tr("Choose a map layer (an OpenStreetMap basemap works well)."))
+        canvas = self.iface.mapCanvas()
+        extent, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+        try:
+            plan = plan_capture(extent, crs, tile_px=self.settings.tile_px,
+                                transform_context=self.project.transformContext())
+            if len(plan.tiles) > ASK_ABOVE_TILES and not self.confirm(
+                    tr("Large view"), tr(f"The view will be cut into {len(plan.tiles)} tiles; "
+                                         "each takes one model run. Continue?")):
+                return self._status(tr("Cancelled: zoom in for a faster run."))
+            self._status(tr(f"Capturing {len(plan.tiles)} tile(s)…"))
+            tiles = list(capture_view(plan, [sat], [map_],
+                                      transform_context=self.project.transformContext(),
+                                      project=self.project))
+        except CaptureError as exc:
+            return self._fail(str(exc))
+        if not tiles:
+            return self._fail(tr("No part of the view is covered by the satellite layer."))
+        mode = self.settings.mode
+
+        def work(report, is_cancelled):
+            report(0.0, tr("Starting the engine…"))
+            self.session.ensure_loaded(lambda f, m: report(0.1 * f, m), is_cancelled)
+            replies = []
+            for k, tile in enumerate(tiles):
+                def progress(f, m, k=k):
+                    report(0.1 + 0.9 * (k + f) / len(tiles), f"{tr('tile')} {k + 1}/{len(tiles)}: {m}")
+                replies.append(self.session.request("run", {
+                    "query": query, "mode": mode, "grid": tile.grid,
+                    "sat": {"png_base64": base64.b64encode(tile.sat_png).decode()},
+                    "map": {"png_base64": base64.b64encode(tile.map_png).decode()}},
+                    on_progress=progress, is_cancelled=is_cancelled))
+            return replies
+
+        def done(outcome):
+            self.last_outcome = outcome
+            self.task = None
+            self.dock.set_running(False)
+            if isinstance(outcome, Success):
+                reply = merge_replies(outcome.replies)
+                layers = add_run_layers(self.project, reply, query, self.settings.vlm)
+                self.run = Run(layers, [(r["view_id"], t.extent) for r, t in zip(outcome.replies, tiles, strict=True)])
+                self.dock.set_has_run(True)
+                n = len(reply["result"]["features"])
+                self._status(tr(f"Found {n} polygon(s) for '{query}'. Edit the boxes or points "
+                                "and click Refine to correct them."), Qgis.MessageLevel.Success)
+            else:
+                self._report(outcome)
+
+        self._start(tr(f"SocioReasoner: {query}"), work, done)
+
+    # ---------------------------------------------------------------- refine
+    def refine(self):
+        if self.run is None:
+            return self._fail(tr("Run 'Find in view' first; Refine corrects its result."))
+        prompts = prompts_from_layers(self.run.layers)
+        if not prompts:
+            return self._fail(tr("There are no boxes or points to refine from."))
+        by_tile = {}
+        for p in prompts:
+            view_id = self._tile_for(p)
+            by_tile.setdefault(view_id, []).append(p)
+
+        def work(report, is_cancelled):
+            replies = []
+            for k, (view_id, items) in enumerate(by_tile.items()):
+                replies.append(self.session.request(
+                    "refine", {"view_id": view_id, "query": self.run.layers.query, "prompts": items},
+                    on_progress=lambda f, m, k=k: report((k + f) / len(by_tile), m),
+                    is_cancelled=is_cancelled))
+            return replies
+
+        def done(outcome):
+            self.last_outcome = outcome
+            self.task = None
+            self.dock.set_running(False)
+            if isinstance(outcome, Success):
+                update_result_layer(self.run.layers, merge_replies(outcome.replies))
+                n = self.run.layers.result.featureCount()
+                self._status(tr(f"Refined: {n} polygon(s)."), Qgis.MessageLevel.Success)
+            else:
+                self._report(outcome)
+
+        self._start(tr("SocioReasoner: refine"), work, done)
+
+    def _tile_for(self, prompt: dict) -> str:
+        if len(self.run.tiles) == 1:
+            return self.run.tiles[0][0]
+        box = prompt.get("box")
+        if box:
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        else:
+            cx, cy = prompt["points"][0]
+        for view_id, extent in self.run.tiles:
+            if QgsRectangle(extent).contains(QgsPointXY(cx, cy)):
+                return view_id
+        return self.run.tiles[0][0]
+
+    # ---------------------------------------------------------------- export
+    def export_dialog(self):
+        if self.run is None:
+            return self._fail(tr("Nothing to export yet: run 'Find in view' first."))
+        path, _ = QFileDialog.getSaveFileName(
+            self.dock, tr("Export result"), "", "GeoPackage (*.gpkg);;ESRI Shapefile (*.shp);;GeoJSON (*.geojson)")
+        if path:
+            # the file dialog has already asked whether to replace an existing file
+            self.export(path, overwrite=True)
+
+    def export(self, path, crs: QgsCoordinateReferenceSystem | None = None, overwrite=False) -> bool:
+        from .layers import export_layer
+
+        try:
+            written = export_layer(self.run.layers.result, path, crs=crs, overwrite=overwrite)
+        except ExportError as exc:
+            self._fail(str(exc))
+            return False
+        self._status(tr(f"Exported to {written}."), Qgis.MessageLevel.Success)
+        return True
+
+    def settings_dialog(self):
+        from .settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self.dock)
+        if dialog.exec():
+            dialog.apply()
+            self._status(tr("Settings saved; models reload on the next run."))
+
+    # ---------------------------------------------------------------- plumbing
+    def _start(self, description, work, done):
+        if self.task is not None:
+            return self._fail(tr("A job is already running; cancel it first."))
+        task = EngineTask(description, self.session, work, done)
+        task.message.connect(self.dock.set_status)
+        task.progressChanged.connect(self.dock.set_progress)
+        self.task = task
+        self.dock.set_running(True)
+        QgsApplication.taskManager().addTask(task)
+
+    def cancel(self):
+        if self.task is not None:
+            self.task.cancel()
+            self._status(tr("Cancelling…"))
+
+    def _report(self, outcome):
+        if isinstance(outcome, Canceled):
+            self._status(tr("Cancelled."), Qgis.MessageLevel.Info)
+        elif isinstance(outcome, Failed):
+            text = outcome.message
+            self._status(text, Qgis.MessageLevel.Critical, details=outcome.log)
+
+    def _fail(self, text):
+        self._status(text, Qgis.MessageLevel.Warning)
+
+    def _status(self, text, level=None, details=""):
+        self.dock.set_status(text)
+        if level is not None and self.iface is not None:
+            bar = self.iface.messageBar()
+            if details:
+                bar.pushMessage("SocioReasoner", text, details, level, 0)
+            else:
+                bar.pushMessage("SocioReasoner", text, level, 8)
+
+    def _ask(self, title, text) -> bool:
+        answer = QMessageBox.question(self.dock, title, text)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def shutdown(self):
+        """Stop a running task and the worker (plugin unload)."""
+        if self.task is not None:
+            self.task.cancel()
+        self.session.shutdown()
