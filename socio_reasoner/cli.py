@@ -30,6 +30,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Architecture of the checkpoint: hiera_l/hiera_b+/… for sam2, "
                         "vit_h/vit_l/vit_b for sam.")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default).")
+    p.add_argument("--sample", action="store_true",
+                   help="Sample like the paper's rollouts (temperature 0.99, top-p 0.99, top-k 100) "
+                        "instead of greedy decoding.")
+    p.add_argument("--seed", type=int, default=0, help="Seed for --sample (default 0).")
 
 
 def _model_spec(args) -> dict:
@@ -45,6 +49,14 @@ def _model_spec(args) -> dict:
     return spec
 
 
+def _generation(args):
+    from .models.base import GenerationConfig
+
+    if args.sample:
+        return GenerationConfig.paper_sampling(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
 def cmd_segment(args) -> int:
     from .geo.export import write_polygons
     from .worker.server import Engine
@@ -58,8 +70,7 @@ def cmd_segment(args) -> int:
         if target and Path(target).exists() and not args.overwrite:
             raise SocioReasonerError(f"{target} exists; choose another name or pass --overwrite.")
     engine = Engine()
-    engine.load({**_model_spec(args), "generation": {"max_new_tokens": args.max_new_tokens}},
-                lambda f, m: None)
+    engine.load({**_model_spec(args), "generation": _generation(args).__dict__}, lambda f, m: None)
     params = {"sat": {"path": str(args.sat)}, "map": {"path": str(args.map)},
               "query": args.query, "mode": args.mode, "min_area_m2": args.min_area,
               "simplify": args.simplify}
@@ -121,11 +132,10 @@ def cmd_evaluate(args) -> int:
     dataset = SocioSegDataset.open(args.data, split=args.split, task_map=args.task_map)
     reasoner = None
     if not args.predictions:
-        from .models.base import GenerationConfig
         from .models.loading import build_reasoner
 
         reasoner = build_reasoner(_model_spec(args))
-        reasoner.generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
+        reasoner.generation = _generation(args)
     config = MetricConfig(empty_iou=args.empty_iou, min_instance_px=args.min_instance_px,
                           match_iou=args.match_iou)
     summary = evaluate(dataset, args.out, reasoner=reasoner, predictions_dir=args.predictions,

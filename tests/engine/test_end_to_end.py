@@ -96,3 +96,16 @@ def test_worker_rejects_unknown_requests(tmp_path):
         capture_output=True, timeout=120)
     lines = [json.loads(x) for x in proc.stdout.decode().splitlines()]
     assert lines[0]["error"]["code"] == "protocol" and lines[1]["result"] == {"ok": True}
+
+
+def test_cli_evaluate_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_sam2):
+    from socio_reasoner.data.synthetic import write_synthetic_socioseg
+
+    data = write_synthetic_socioseg(tmp_path / "d", {"test": 3}, size=256, layout="parquet")
+    out = tmp_path / "run"
+    args = ["evaluate", "--data", str(data), "--split", "test", "--out", str(out), "--limit", "2",
+            "--mode", "stage1", *_tiny_args(tiny_vlm_dir, tiny_sam2), "--sample", "--seed", "3"]
+    assert cli_main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["scored"] == 2 and "stage1_vlm" in summary["mean_seconds"]
+    assert (out / "gallery.png").exists() and (out / "summary.md").exists()
