@@ -9,12 +9,14 @@ them (their numpy would clash with QGIS's). Model work runs in a separate worker
 
 import os
 
+from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .ui.controller import Controller
 from .ui.dock import SocioReasonerDock
+from .ui.processing_provider import SocioReasonerProvider
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 ICON_PATH = os.path.join(PLUGIN_DIR, "resources", "icon.svg")
@@ -36,9 +38,21 @@ class SocioReasonerPlugin:
         self.action = None
         self.dock = None
         self.controller = None
+        self.provider = None
+
+    def initProcessing(self):  # noqa: N802 (QGIS plugin API)
+        """Register the Processing provider. QGIS calls this itself for plugins with
+        hasProcessingProvider=yes (qgis_process too, without initGui); initGui calls it
+        as well, so a second call must not add the provider twice."""
+        if self.provider is not None:
+            return
+        provider = SocioReasonerProvider()
+        if QgsApplication.processingRegistry().addProvider(provider):
+            self.provider = provider
 
     def initGui(self):  # noqa: N802 (QGIS plugin API)
         """Add the checkable toolbar action, its Raster menu entry and the hidden panel."""
+        self.initProcessing()
         main_window = self.iface.mainWindow()
 
         # Parented to the main window so it dies with QGIS even if unload() is never called.
@@ -63,7 +77,11 @@ class SocioReasonerPlugin:
         self.controller = Controller(self.iface, self.dock)
 
     def unload(self):
-        """Remove all initGui() added: signals, toolbar icon, menu entry and the panel."""
+        """Remove all initGui() added: signals, toolbar icon, menu entry and the panel,
+        and the Processing provider (whose removal stops the Processing engine worker)."""
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
         if self.controller is not None:
             self.controller.shutdown()     # stops a running job and the engine worker
             self.controller = None

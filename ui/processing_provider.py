@@ -1,19 +1,17 @@
-"""SocioReasoner's Processing provider (placeholder).
+"""SocioReasoner's Processing provider: the "SocioReasoner" group of the toolbox.
 
-Gives the plugin its own entry in the Processing toolbox. It has no algorithms yet: the
-segmentation algorithm is added to loadAlgorithms() later. Registering and removing the
-provider is the plugin's job (QgsApplication.processingRegistry()).
+It holds one algorithm, "Find socio-semantic entities" (``socioreasoner:findentities``,
+ui/processing_algorithm.py). Registering and removing the provider is the plugin's job
+(``QgsApplication.processingRegistry()`` in plugin.py); when the registry removes it, its
+``unload()`` stops the engine worker that Processing runs share.
 """
-
-import os
 
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
+from .processing_algorithm import ICON_PATH, FindEntitiesAlgorithm, shutdown_engine
+
 PROVIDER_ID = "socioreasoner"
-ICON_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "icon.svg"
-)
 
 
 class SocioReasonerProvider(QgsProcessingProvider):
@@ -32,4 +30,8 @@ class SocioReasonerProvider(QgsProcessingProvider):
         return QIcon(ICON_PATH)
 
     def loadAlgorithms(self):  # noqa: N802 (QGIS API)
-        """No algorithms yet."""
+        self.addAlgorithm(FindEntitiesAlgorithm())
+
+    def unload(self):
+        """Called by the registry when the provider is removed (plugin unload)."""
+        shutdown_engine()

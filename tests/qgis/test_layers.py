@@ -528,4 +528,4 @@ def test_processing_provider_skeleton(plugin_package):
     assert provider.id() == "socioreasoner" and provider.name() == "SocioReasoner"
     assert not provider.icon().isNull()
     provider.loadAlgorithms()
-    assert provider.algorithms() == []
+    assert [a.name() for a in provider.algorithms()] == ["findentities"]

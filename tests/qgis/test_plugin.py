@@ -13,6 +13,7 @@ from unittest.mock import call
 
 import pytest
 from pytest_qgis.utils import process_events
+from qgis.core import QgsApplication
 from qgis.gui import QgsDockWidget
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
@@ -30,6 +31,8 @@ from qgis.PyQt.QtWidgets import (
 ACTION_NAME = "SocioReasonerToggleAction"
 DOCK_NAME = "SocioReasonerDock"
 MENU_NAME = "&SocioReasoner"
+PROVIDER_ID = "socioreasoner"
+ALG_ID = "socioreasoner:findentities"
 
 
 class IfaceGui:
@@ -120,6 +123,9 @@ def assert_loaded(plugin, iface, gui):
     submenu = gui.plugin_submenu(MENU_NAME)
     assert submenu is not None and action in submenu.actions()
     assert not dock.isVisible(), "the panel should wait until it is asked for"
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById(PROVIDER_ID) is plugin.provider is not None
+    assert registry.algorithmById(ALG_ID) is not None
 
 
 def assert_nothing_left(iface, gui, old_dock, old_action):
@@ -133,13 +139,27 @@ def assert_nothing_left(iface, gui, old_dock, old_action):
     assert not [a for a in main_window.findChildren(QAction) if a.objectName() == ACTION_NAME]
     assert not [a for a in gui.toolbar.actions() if a.objectName() == ACTION_NAME]
     assert gui.plugin_submenu(MENU_NAME) is None, "the Raster menu still has our submenu"
+    assert_no_provider()
+
+
+def assert_no_provider():
+    """The Processing provider, its algorithm and the Processing engine worker are gone."""
+    from socioreasoner.ui import processing_algorithm
+
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById(PROVIDER_ID) is None, "the Processing provider is still registered"
+    assert registry.algorithmById(ALG_ID) is None
+    assert processing_algorithm._session is None
 
 
 def test_load_toggle_unload_reload(plugin_package, gui_iface):
     iface, gui = gui_iface
     for _round in range(2):  # a second load/unload shows nothing piles up on reloads
         plugin = plugin_package.classFactory(iface)
-        plugin.initGui()
+        plugin.initProcessing()  # QGIS calls it before initGui (hasProcessingProvider=yes)
+        provider = plugin.provider
+        plugin.initGui()  # which calls it again: still one provider
+        assert plugin.provider is provider
         assert_loaded(plugin, iface, gui)
         dock, action = plugin.dock, plugin.action
 
@@ -161,7 +181,8 @@ def test_load_toggle_unload_reload(plugin_package, gui_iface):
         action.setChecked(True)  # unload with the panel open
         process_events()
         plugin.unload()
-        assert plugin.dock is None and plugin.action is None
+        assert plugin.dock is None and plugin.action is None and plugin.provider is None
+        assert_no_provider()
         # Signals are cut before deletion: neither object reacts to the other any more.
         assert not sip.isdeleted(dock) and not sip.isdeleted(action)
         assert action.receivers(action.toggled) == 0
@@ -192,6 +213,17 @@ def test_bare_pytest_qgis_stub(plugin_package, qgis_iface, qgis_new_project):
     process_events()
     assert sip.isdeleted(dock) and sip.isdeleted(action)
     assert our_docks() == []
+    assert_no_provider()
+
+
+def test_processing_only_load_as_qgis_process_does(plugin_package):
+    """qgis_process creates the plugin without an iface and calls only initProcessing()."""
+    plugin = plugin_package.classFactory(None)
+    plugin.initProcessing()
+    alg = QgsApplication.processingRegistry().algorithmById(ALG_ID)
+    assert alg is not None and alg.displayName() == "Find socio-semantic entities"
+    plugin.unload()
+    assert_no_provider()
 
 
 def test_dock_contents_and_screenshot(plugin_package, gui_iface, output_dir):
