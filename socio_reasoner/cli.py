@@ -146,6 +146,37 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _train_config(args):
+    from .train.config import TrainConfig
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("out_dir", args.out_dir)) if v is not None}
+    return TrainConfig.from_yaml(args.config, **overrides)
+
+
+def cmd_train(args) -> int:
+    from .data.socioseg import SocioSegDataset
+    from .train.grpo import GRPOTrainer
+
+    config = _train_config(args)
+    dataset = SocioSegDataset.open(config.data, split=config.split)
+    history = GRPOTrainer(config).fit(dataset)
+    if history:
+        last = history[-1]
+        print(f"step {last['step']}: reward stage1 {last['reward_stage1']:.3f}, "
+              f"stage2 {last['reward_stage2']:.3f}, kl {last['kl']:.4f} -> {config.out_dir}")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from .data.socioseg import SocioSegDataset
+    from .train.sft import train_sft
+
+    config = _train_config(args)
+    history = train_sft(config, SocioSegDataset.open(config.data, split=config.split))
+    print(f"sft: {len(history)} step(s), last loss {history[-1]['loss']:.4f} -> {config.out_dir}")
+    return 0
+
+
 def cmd_download(args) -> int:
     """Fill the Hugging Face cache so later runs work offline."""
     from .models.hub import resolve_file, resolve_model_dir
@@ -202,6 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--match-iou", type=float, default=0.5, help="F1 match threshold (default 0.5).")
     _add_model_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    for name, func, text in (("train", cmd_train, "GRPO training (the paper's recipe)."),
+                             ("sft", cmd_sft, "The SFT baseline with the same data code.")):
+        tr = sub.add_parser(name, help=text)
+        tr.add_argument("--config", required=True, help="YAML of TrainConfig fields, e.g. "
+                        "configs/grpo_socioseg.yaml.")
+        tr.add_argument("--steps", type=int, default=None, help="Override the number of steps.")
+        tr.add_argument("--out-dir", default=None, help="Override the run folder (resumes if it "
+                        "holds checkpoints).")
+        tr.set_defaults(func=func)
 
     dl = sub.add_parser("download", help="Fetch the default weights into the Hugging Face cache.")
     dl.add_argument("--vlm", default=DEFAULT_MODELS["vlm"], help="VLM hub id (default: %(default)s).")

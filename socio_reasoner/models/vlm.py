@@ -111,7 +111,7 @@ class TransformersVLM:
             args.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
         return {"generation_config": HFGenerationConfig(**args)}
 
-    def _prepare(self, requests: list[tuple[list[np.ndarray], str]]):
+    def prepare(self, requests: list[tuple[list[np.ndarray], str]]):
         """Chat template + processor for a batch; checks every image is already in frame."""
         from PIL import Image
 
@@ -165,7 +165,7 @@ class TransformersVLM:
         torch = self._torch
         config = config or GenerationConfig()
         t0 = time.perf_counter()
-        inputs = self._prepare(requests)
+        inputs = self.prepare(requests)
         t1 = time.perf_counter()
         with torch.random.fork_rng(devices=self._rng_devices()), torch.inference_mode(), \
                 self._attention_kernels():

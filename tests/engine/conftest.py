@@ -43,3 +43,19 @@ def tiny_sam2(tmp_path_factory):
     from socio_reasoner.models.random_init import save_tiny_sam2
 
     return save_tiny_sam2(tmp_path_factory.mktemp("tiny_sam2"), seed=0)
+
+
+TAUGHT_ANSWER = '<think>a school</think><answer>[{"bbox_2d": [40, 40, 200, 200]}]</answer>'
+
+
+@pytest.fixture(scope="session")
+def taught_vlm_dir(tmp_path_factory, tiny_vlm_dir):
+    """The tiny VLM overfit on one answer: its samples come near the answer format, so
+    rewards vary within a GRPO group and polygons come out of a real model."""
+    from socio_reasoner.data.synthetic import make_synthetic_sample
+    from socio_reasoner.train.sft import teach_fixed_answer
+
+    out = tmp_path_factory.mktemp("taught_vlm")
+    teach_fixed_answer(tiny_vlm_dir, out, TAUGHT_ANSWER, make_synthetic_sample("train", 0, size=128),
+                       steps=40)
+    return out

@@ -1,0 +1,295 @@
+"""GRPO training of the SocioReasoner VLM: rollout → advantages → clipped, KL-regularised
+token-level policy loss, with checkpoints, resume and logs.
+
+    socio-reasoner train --config configs/grpo_socioseg.yaml
+    accelerate launch --config_file configs/accelerate_fsdp.yaml \\
+        -m socio_reasoner.cli train --config configs/grpo_socioseg.yaml
+
+The loop runs under ``accelerate`` (one CPU, DDP, FSDP or DeepSpeed from its config).
+Rewards live in ``rewards.py`` and the rollout in ``rollout.py``; this file is the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+from .rollout import Trajectory, group_advantages, pixel_digest, rollout_sample
+
+
+def completion_logprobs(model, traj: Trajectory, device, temperature: float = 1.0):
+    """Log-probabilities (float32) of ``traj``'s sampled tokens under ``model``.
+
+    The prompt's own tensors from the rollout are fed back — for stage 2 the rendered
+    images — and the check below refuses anything else.
+    """
+    import torch
+
+    check_pixels(traj)
+    ids = torch.cat([traj.inputs["input_ids"][0], traj.completion_ids]).to(device)[None]
+    kwargs = {k: v.to(device) for k, v in traj.inputs.items()
+              if k in ("pixel_values", "image_grid_thw")}
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs).logits
+    prompt_len = traj.inputs["input_ids"].shape[1]
+    logits = logits[0, prompt_len - 1:-1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, prompt_len:, None])[:, 0]
+
+
+def check_pixels(traj: Trajectory) -> None:
+    """Guard against the silent bug of VLM RL code: a loss pass whose images differ from
+    the ones the tokens were sampled from (e.g. the originals instead of stage 2's
+    rendered feedback)."""
+    if traj.digest and pixel_digest(traj.inputs) != traj.digest:
+        raise RuntimeError(f"{traj.stage} trajectory: the loss pass would see other images "
+                           "than the rollout did.")
+
+
+def policy_loss(new_lp, old_lp, ref_lp, advantage: float, clip_eps: float, kl_coef: float):
+    """Per-token GRPO loss (to be summed and divided by the step's token count).
+
+    Clipped surrogate −min(ρA, clip(ρ, 1±ε)A) plus β·KL with the k3 estimator
+    exp(ref − new) − (ref − new) − 1 (unbiased, always ≥ 0).
+    """
+    import torch
+
+    ratio = torch.exp(new_lp - old_lp)
+    surrogate = torch.minimum(ratio * advantage,
+                              torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantage)
+    diff = ref_lp - new_lp
+    kl = torch.exp(diff) - diff - 1
+    return -surrogate + kl_coef * kl, kl
+
+
+class GRPOTrainer:
+    """Holds the policy, the frozen reference, the segmenter and the optimiser."""
+
+    def __init__(self, config: TrainConfig, accelerator=None):
+        import torch
+        from accelerate import Accelerator
+
+        from ..models.loading import build_segmenter
+        from ..models.vlm import TransformersVLM
+
+        self.config = config
+        self.acc = accelerator or Accelerator(cpu=config.device == "cpu")
+        self.out = Path(config.out_dir)
+        resume = latest_checkpoint(self.out)
+        lora = config.lora_rank > 0
+        start_from = resume if resume and not lora else config.model
+        self.policy = TransformersVLM(start_from, device=str(self.acc.device), dtype=config.dtype)
+        model = self.policy.model
+        if lora:
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            if resume:
+                model = PeftModel.from_pretrained(model, resume, is_trainable=True)
+            else:
+                model = get_peft_model(model, LoraConfig(
+                    r=config.lora_rank, lora_alpha=config.lora_alpha,
+                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+            self.reference = None       # the adapters disabled are the reference
+        else:
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+            if resume:                  # the reference stays the starting weights
+                self.reference = TransformersVLM(config.model, device=str(self.acc.device),
+                                                 dtype=config.dtype).model.requires_grad_(False)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                      lr=config.lr, weight_decay=config.weight_decay)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.policy.model = self.acc.unwrap_model(self.model)
+        self.segmenter = build_segmenter({
+            "segmenter": config.segmenter, "segmenter_checkpoint": config.segmenter_checkpoint,
+            "segmenter_variant": config.segmenter_variant, "device": str(self.acc.device)})
+        self.step = 0
+        if resume:
+            state = torch.load(resume / "trainer_state.pt", weights_only=True, map_location="cpu")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            torch.set_rng_state(state["torch_rng"])
+            random.setstate(_py_state(state["python_rng"]))
+
+    # ------------------------------------------------------------------ one step
+    def generation_config(self):
+        from ..models.base import GenerationConfig
+
+        c = self.config
+        return GenerationConfig(max_new_tokens=c.max_new_tokens, do_sample=True,
+                                temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
+                                seed=c.seed * 100_003 + self.step * 1_009 + self.acc.process_index)
+
+    def rollout(self, samples) -> list[Trajectory]:
+        self.model.eval()
+        trajectories = []
+        gen = self.generation_config()
+        for k, sample in enumerate(samples):
+            trajectories += rollout_sample(self.policy, self.segmenter, sample,
+                                           self.config.group_size, gen, self.config.stage2_sampling,
+                                           self.config.reward_variant, group_base=2 * k)
+        group_advantages(trajectories, self.config.adv_eps)
+        return trajectories
+
+    def _reference_logprobs(self, traj):
+        import torch
+
+        with torch.no_grad():
+            if self.reference is not None:
+                return completion_logprobs(self.reference, traj, self.acc.device, self.config.temperature)
+            with self.policy.model.disable_adapter():
+                return completion_logprobs(self.policy.model, traj, self.acc.device, self.config.temperature)
+
+    def train_step(self, samples) -> dict:
+        """Rollout, then one clipped policy update on the whole batch of trajectories."""
+        import torch
+
+        c = self.config
+        t0 = time.perf_counter()
+        trajectories = self.rollout(samples)
+        t1 = time.perf_counter()
+        for traj in trajectories:
+            with torch.no_grad():
+                traj.old_logprobs = completion_logprobs(self.model, traj, self.acc.device, c.temperature)
+            traj.ref_logprobs = self._reference_logprobs(traj)
+        n_tokens = max(1, sum(len(t.completion_ids) for t in trajectories))
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, kl_sum = 0.0, 0.0
+        for i, traj in enumerate(trajectories):
+            if len(traj.completion_ids) == 0:
+                continue
+            # gradients are synchronised across processes only on the last backward
+            last = i == len(trajectories) - 1
+            ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
+            with ctx:
+                new_lp = completion_logprobs(self.model, traj, self.acc.device, c.temperature)
+                per_token, kl = policy_loss(new_lp, traj.old_logprobs, traj.ref_logprobs,
+                                            traj.advantage, c.clip_eps, c.kl_coef)
+                loss = per_token.sum() / n_tokens       # token-level mean over the step
+                self.acc.backward(loss)
+            loss_sum += float(loss.detach())
+            kl_sum += float(kl.detach().sum())
+        if c.grad_clip:
+            self.acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        s1 = [t for t in trajectories if t.stage == "stage1"]
+        s2 = [t for t in trajectories if t.stage == "stage2"]
+        return {
+            "step": self.step, "loss": loss_sum, "kl": kl_sum / n_tokens,
+            "reward_stage1": _mean(t.reward for t in s1), "reward_stage2": _mean(t.reward for t in s2),
+            "format_stage1": _mean(t.breakdown.format for t in s1),
+            "accuracy_stage2": _mean(t.breakdown.accuracy for t in s2),
+            "response_tokens": n_tokens / max(1, len(trajectories)),
+            "trajectories": len(trajectories),
+            "seconds_rollout": t1 - t0, "seconds_update": time.perf_counter() - t1,
+        }
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, dataset, steps: int | None = None) -> list[dict]:
+        from tqdm import tqdm
+
+        c = self.config
+        steps = c.steps if steps is None else steps
+        per_rank = max(1, c.prompts_per_step // self.acc.num_processes)
+        order = list(range(len(dataset)))
+        random.Random(c.seed).shuffle(order)    # the same order on every process
+        logger = _Logger(self.out, enabled=self.acc.is_main_process)
+        if self.acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2))
+        history = []
+        bar = tqdm(total=steps, initial=self.step, desc="grpo", disable=not self.acc.is_main_process)
+        while self.step < steps:
+            base = self.step * per_rank * self.acc.num_processes + self.acc.process_index * per_rank
+            batch = [dataset.get(order[(base + j) % len(order)]) for j in range(per_rank)]
+            metrics = self.train_step(batch)
+            history.append(metrics)
+            logger.log(metrics)
+            bar.update(1)
+            bar.set_postfix(r1=f"{metrics['reward_stage1']:.2f}", r2=f"{metrics['reward_stage2']:.2f}")
+            if c.save_every and (self.step % c.save_every == 0 or self.step == steps):
+                self.save()
+        bar.close()
+        logger.close()
+        return history
+
+    def save(self) -> Path:
+        """``checkpoint-<step>/``: weights as save_pretrained, plus optimiser and RNG state."""
+        import torch
+
+        path = self.out / f"checkpoint-{self.step:06d}"
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            path.mkdir(parents=True, exist_ok=True)
+            # with LoRA this writes the adapters only (peft); merge them for inference
+            self.acc.unwrap_model(self.model).save_pretrained(path, safe_serialization=True)
+            self.policy.processor.save_pretrained(path)
+            torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step,
+                        "torch_rng": torch.get_rng_state(), "python_rng": list(_flat_state())},
+                       path / "trainer_state.pt")
+        self.acc.wait_for_everyone()
+        return path
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted(Path(out_dir).glob("checkpoint-*/trainer_state.pt"))
+    return found[-1].parent if found else None
+
+
+def _flat_state():
+    version, state, gauss = random.getstate()
+    return [version, *state, -1 if gauss is None else gauss]
+
+
+def _py_state(flat):
+    flat = [int(x) if not isinstance(x, float) else x for x in flat]
+    gauss = flat[-1]
+    return (flat[0], tuple(flat[1:-1]), None if gauss == -1 else gauss)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else math.nan
+
+
+class _Logger:
+    """metrics.csv plus TensorBoard, main process only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "metrics.csv"
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
+
+    def log(self, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(metrics))
+            if new:
+                w.writeheader()
+            w.writerow(metrics)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if k != "step" and isinstance(v, (int, float)) and not math.isnan(v):
+                    self.writer.add_scalar(k, v, metrics["step"])
+
+    def close(self) -> None:
+        if self.enabled and self.writer is not None:
+            self.writer.close()

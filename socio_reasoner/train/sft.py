@@ -1,0 +1,139 @@
+"""The paper's SFT baseline: teach the answers directly, with the same data code.
+
+Targets are built from the truth mask: stage 1 answers the truth boxes; stage 2 answers
+the same boxes plus random points inside the mask, on the feedback-rendered images.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+
+from .. import prompts
+from ..frames import ModelFrame
+from ..parsing import ObjectPrompt, answer_json
+from ..render import draw_feedback, resize_mask, resize_rgb
+from .config import TrainConfig
+from .rewards import truth_boxes
+from .rollout import Trajectory, pixel_digest
+
+
+def target_answers(sample, rng: random.Random, points_per_box: int = 2):
+    """(frame, map, sat, truth boxes, stage-1 answer, stage-2 answer) for one sample."""
+    h, w = sample.mask.shape
+    frame = ModelFrame.for_tile(w, h)
+    fw, fh = frame.frame_wh
+    mask_f = resize_mask(sample.mask, fw, fh)
+    boxes = truth_boxes(sample.mask, frame.frame_wh)
+    objects = []
+    for x1, y1, x2, y2 in boxes:
+        ys, xs = np.nonzero(mask_f[y1:y2 + 1, x1:x2 + 1])
+        picks = [rng.randrange(len(xs)) for _ in range(points_per_box)] if len(xs) else []
+        objects.append(ObjectPrompt((x1, y1, x2, y2), [(int(xs[k] + x1), int(ys[k] + y1)) for k in picks]))
+    think = "<think>The map labels and the imagery agree on these places.</think>"
+    s1 = f"{think}<answer>{answer_json(objects, with_points=False)}</answer>"
+    s2 = f"{think}<answer>{answer_json(objects, with_points=True)}</answer>"
+    return frame, mask_f, boxes, s1, s2
+
+
+def sft_examples(policy, sample, rng: random.Random, points_per_box: int = 2) -> list[Trajectory]:
+    """Two teacher-forced examples (stage 1 and stage 2) as Trajectory objects."""
+    frame, mask_f, boxes, s1, s2 = target_answers(sample, rng, points_per_box)
+    fw, fh = frame.frame_wh
+    map_f, sat_f = resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)
+    fb = [draw_feedback(map_f, mask_f, boxes), draw_feedback(sat_f, mask_f, boxes)]
+    boxes_json = answer_json([ObjectPrompt(b) for b in boxes], with_points=False)
+    out = []
+    for stage, images, text, answer in (
+            ("stage1", [map_f, sat_f], prompts.stage1_prompt(sample.query), s1),
+            ("stage2", fb, prompts.stage2_prompt(sample.query, boxes_json), s2)):
+        inputs = {k: v.cpu() for k, v in policy.prepare([(images, text)]).items()}
+        tok = policy.processor.tokenizer
+        ids = tok(answer, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        eos = tok.convert_tokens_to_ids("<|im_end|>")
+        import torch
+
+        ids = torch.cat([ids, torch.tensor([eos])])
+        out.append(Trajectory(inputs, ids, answer, 0.0, None, stage, 0, pixel_digest(inputs)))
+    return out
+
+
+def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[dict]:
+    """Cross-entropy on the target answers; same checkpoints and logs as GRPO."""
+    import torch
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from ..models.vlm import TransformersVLM
+    from .grpo import _Logger, completion_logprobs
+
+    acc = Accelerator(cpu=config.device == "cpu")
+    policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.dtype)
+    model = policy.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=config.weight_decay)
+    model, opt = acc.prepare(model, opt)
+    policy.model = acc.unwrap_model(model)
+    rng = random.Random(config.seed + acc.process_index)
+    steps = config.steps if steps is None else steps
+    per_rank = max(1, config.prompts_per_step // acc.num_processes)
+    logger = _Logger(__import__("pathlib").Path(config.out_dir), acc.is_main_process)
+    history = []
+    for step in tqdm(range(steps), desc="sft", disable=not acc.is_main_process):
+        idx = [(step * per_rank * acc.num_processes + acc.process_index * per_rank + j) % len(dataset)
+               for j in range(per_rank)]
+        examples = [e for i in idx for e in sft_examples(policy, dataset.get(i), rng,
+                                                         config.sft_points_per_box)]
+        n_tokens = sum(len(e.completion_ids) for e in examples)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for e in examples:
+            loss = -completion_logprobs(model, e, acc.device).sum() / n_tokens
+            acc.backward(loss)
+            total += float(loss.detach())
+        opt.step()
+        metrics = {"step": step + 1, "loss": total, "tokens": n_tokens}
+        history.append(metrics)
+        logger.log(metrics)
+    logger.close()
+    if acc.is_main_process:
+        out = __import__("pathlib").Path(config.out_dir) / "final"
+        acc.unwrap_model(model).save_pretrained(out)
+        policy.processor.save_pretrained(out)
+        (out / "config.json.train").write_text(json.dumps(config.to_dict(), indent=2))
+    return history
+
+
+def teach_fixed_answer(model_dir, out_dir, answer: str, sample, steps: int = 40, lr: float = 1e-2,
+                       seed: int = 0):
+    """Overfit a (tiny) model on one answer to one stage-1 prompt, and save it.
+
+    Gives a random model a policy whose samples are near the answer format, so rewards
+    vary within a group and a GRPO step has a real gradient: for tests and smoke runs.
+    """
+    import torch
+
+    from ..models.vlm import TransformersVLM
+
+    torch.manual_seed(seed)
+    policy = TransformersVLM(model_dir, device="cpu")
+    h, w = sample.mask.shape
+    fw, fh = ModelFrame.for_tile(w, h).frame_wh
+    images = [resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)]
+    inputs = {k: v.cpu() for k, v in policy.prepare([(images, prompts.stage1_prompt(sample.query))]).items()}
+    tok = policy.processor.tokenizer
+    ids = tok(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    example = Trajectory(inputs, ids, answer, 0.0, None, "stage1", 0)
+    from .grpo import completion_logprobs
+
+    model = policy.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = -completion_logprobs(model, example, "cpu").mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval().save_pretrained(out_dir)
+    policy.processor.save_pretrained(out_dir)
+    return out_dir, float(loss.detach())

@@ -1,0 +1,169 @@
+"""GRPO and SFT on tiny random models and a generated SocioSeg-shaped set: real steps,
+resume, the image guard, the loss maths, and two processes ending with equal weights."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from socio_reasoner.data.socioseg import SocioSegDataset
+from socio_reasoner.data.synthetic import write_synthetic_socioseg
+from socio_reasoner.render import resize_rgb
+from socio_reasoner.train.config import TrainConfig
+from socio_reasoner.train.grpo import GRPOTrainer, check_pixels, policy_loss
+from socio_reasoner.train.rollout import Trajectory, group_advantages, pixel_digest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_synthetic_socioseg(tmp_path_factory.mktemp("socioseg"), {"train": 3}, size=128)
+
+
+def tiny_config(tmp_path, data_dir, vlm_dir, tiny_sam2, **kw):
+    base = TrainConfig.from_yaml(REPO / "configs" / "grpo_tiny.yaml")
+    values = {**base.to_dict(), "data": str(data_dir), "model": str(vlm_dir),
+              "segmenter_checkpoint": str(tiny_sam2), "out_dir": str(tmp_path / "run"), **kw}
+    return TrainConfig(**values)
+
+
+def test_paper_config_holds_the_recipe():
+    c = TrainConfig.from_yaml(REPO / "configs" / "grpo_socioseg.yaml")
+    assert (c.prompts_per_step, c.group_size, c.lr, c.weight_decay, c.kl_coef, c.clip_eps) == (
+        128, 8, 1e-6, 0.01, 5e-3, 0.2)
+    assert (c.temperature, c.top_p, c.top_k, c.max_new_tokens, c.steps) == (0.99, 0.99, 100, 2048, 250)
+    with pytest.raises(ValueError, match="Unknown keys"):
+        TrainConfig.from_yaml(_write(REPO, {"learning_rate": 1}))
+
+
+def _write(repo, d):
+    import tempfile
+
+    import yaml
+    path = Path(tempfile.mkdtemp()) / "c.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_policy_loss_by_hand():
+    lp = torch.tensor([-1.0, -2.0])
+    loss, kl = policy_loss(lp, lp, lp, advantage=2.0, clip_eps=0.2, kl_coef=0.1)
+    assert torch.allclose(loss, torch.tensor([-2.0, -2.0])) and torch.allclose(kl, torch.zeros(2))
+    # ratio e^0.5 ≈ 1.6487 is clipped to 1.2 for a positive advantage: −1.2·1
+    new, old = torch.tensor([-0.5]), torch.tensor([-1.0])
+    loss, _ = policy_loss(new, old, new, advantage=1.0, clip_eps=0.2, kl_coef=0.0)
+    assert loss.item() == pytest.approx(-1.2)
+    # negative advantage: min(1.6487·−1, 1.2·−1) = −1.6487 → loss +1.6487 (no clipping benefit)
+    loss, _ = policy_loss(new, old, new, advantage=-1.0, clip_eps=0.2, kl_coef=0.0)
+    assert loss.item() == pytest.approx(math.exp(0.5))
+    # k3 KL: ref − new = 0.5 → e^0.5 − 0.5 − 1 ≈ 0.148721
+    _, kl = policy_loss(new, new, torch.tensor([0.0]), advantage=0.0, clip_eps=0.2, kl_coef=1.0)
+    assert kl.item() == pytest.approx(math.exp(0.5) - 1.5)
+
+
+def test_group_advantages_normalise_within_groups():
+    trajs = [Trajectory({}, None, "", r, None, "stage1", g) for r, g in
+             [(1.0, 0), (3.0, 0), (5.0, 1), (5.0, 1)]]
+    group_advantages(trajs, eps=1e-6)
+    # group 0: mean 2, std (ddof 1) √2 → ±1/√2; group 1: all equal → 0
+    assert [round(t.advantage, 5) for t in trajs] == [round(-1 / math.sqrt(2), 5),
+                                                      round(1 / math.sqrt(2), 5), 0.0, 0.0]
+
+
+def test_one_grpo_step_changes_weights_and_logs(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
+    # no weight decay: any change in the weights comes from the policy gradient
+    config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, weight_decay=0.0)
+    trainer = GRPOTrainer(config)
+    before = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters()}
+    (metrics,) = trainer.fit(SocioSegDataset.open(config.data, split="train"))
+    assert metrics["trajectories"] == 8                   # G=4 stage-1 + 4 stage-2
+    assert metrics["loss"] != 0.0                         # rewards differed within a group
+    for key in ("loss", "kl", "reward_stage1", "reward_stage2"):
+        assert math.isfinite(metrics[key]), key
+    changed = sum(not torch.equal(before[n], p) for n, p in trainer.policy.model.named_parameters())
+    assert changed > 0
+    rows = (Path(config.out_dir) / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,kl") and len(rows) == 2
+    assert list((Path(config.out_dir) / "tensorboard").glob("events.*"))
+    ckpt = Path(config.out_dir) / "checkpoint-000001"
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "trainer_state.pt").exists()
+
+    # resume: a new trainer on the same folder continues the step count
+    resumed = GRPOTrainer(config)
+    assert resumed.step == 1
+    for n, p in resumed.policy.model.named_parameters():
+        assert torch.equal(p, trainer.policy.model.state_dict()[n]), n
+    history = resumed.fit(SocioSegDataset.open(config.data, split="train"), steps=2)
+    assert [m["step"] for m in history] == [2] and (Path(config.out_dir) / "checkpoint-000002").exists()
+
+
+def test_stage2_trajectories_carry_the_rendered_images(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
+    import random
+
+    from socio_reasoner.train.sft import sft_examples
+
+    config = tiny_config(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2, stage2_sampling="best_of_stage1")
+    trainer = GRPOTrainer(config)
+    sample = SocioSegDataset.open(config.data, split="train").get(0)
+    trajs = trainer.rollout([sample])
+    s1 = [t for t in trajs if t.stage == "stage1"]
+    s2 = [t for t in trajs if t.stage == "stage2"]
+    assert len(s2) == 4 and {t.group for t in s2} == {1} and {t.group for t in s1} == {0}
+    fw = 504                                              # 128² tiles are seen at 504²
+    map_f, sat_f = resize_rgb(sample.map, fw, fw), resize_rgb(sample.sat, fw, fw)
+    plain = trainer.policy.prepare([([map_f, sat_f], "x")])["pixel_values"].cpu()
+    assert torch.equal(s1[0].inputs["pixel_values"], plain)
+    for t in trajs:
+        check_pixels(t)                                   # what was sampled is what is scored
+
+    # With a non-empty stage-1 mask (the SFT targets draw the truth), stage 2's images
+    # differ from the originals, and feeding the originals is caught.
+    _, fb = sft_examples(trainer.policy, sample, random.Random(0))
+    assert not torch.equal(fb.inputs["pixel_values"], plain)
+    check_pixels(fb)
+    tampered = Trajectory({**fb.inputs, "pixel_values": plain}, fb.completion_ids, "", 0, None,
+                          "stage2", 1, fb.digest)
+    with pytest.raises(RuntimeError, match="other images"):
+        check_pixels(tampered)
+    assert fb.digest == pixel_digest(fb.inputs)
+
+
+def test_sft_step(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
+    import random
+
+    from socio_reasoner.train.sft import target_answers, train_sft
+
+    config = tiny_config(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2, sft_lr=1e-3)
+    ds = SocioSegDataset.open(config.data, split="train")
+    _, mask_f, boxes, s1, s2 = target_answers(ds.get(0), random.Random(0))
+    assert s1.startswith("<think>") and '"bbox_2d"' in s1 and '"points"' in s2 and boxes
+    history = train_sft(config, ds, steps=2)
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+    assert history[1]["loss"] < history[0]["loss"]       # the same targets get likelier
+    assert (Path(config.out_dir) / "final" / "model.safetensors").exists()
+
+
+def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
+    config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
+                         save_every=0, weight_decay=0.0)
+    out = tmp_path / "digests"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # torchrun sets RANK/WORLD_SIZE; Accelerator(cpu=True) then runs DDP over gloo.
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29517", str(REPO / "tests" / "engine" / "ddp_step.py"),
+                    json.dumps(config.to_dict()), str(out)],
+                   check=True, env=env, cwd=tmp_path, timeout=600)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["world"] == 2 and ranks[0]["changed"] > 0
+    # each process rolled out its own sample, so only synchronised gradients agree
+    assert ranks[0]["loss"] != ranks[1]["loss"]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert np.isfinite(ranks[0]["loss"]) and np.isfinite(ranks[1]["loss"])
