@@ -167,3 +167,16 @@ def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm
     assert ranks[0]["loss"] != ranks[1]["loss"]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert np.isfinite(ranks[0]["loss"]) and np.isfinite(ranks[1]["loss"])
+
+
+def test_lora_step_trains_adapters_only(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
+    config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, lora_rank=4,
+                         weight_decay=0.0, lr=1e-2)
+    trainer = GRPOTrainer(config)
+    assert trainer.reference is None                      # adapters disabled = reference
+    named = dict(trainer.policy.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in named.items()}
+    (metrics,) = trainer.fit(SocioSegDataset.open(config.data, split="train"))
+    changed = {n for n, p in trainer.policy.model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed) and math.isfinite(metrics["kl"])
+    assert (Path(config.out_dir) / "checkpoint-000001" / "adapter_model.safetensors").exists()
