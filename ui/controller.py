@@ -146,22 +146,17 @@ class Controller:
                     on_progress=progress, is_cancelled=is_cancelled))
             return replies
 
-        def done(outcome):
-            self.last_outcome = outcome
-            self.task = None
-            self.dock.set_running(False)
-            if isinstance(outcome, Success):
-                reply = merge_replies(outcome.replies)
-                layers = add_run_layers(self.project, reply, query, self.settings.vlm)
-                self.run = Run(layers, [(r["view_id"], t.extent) for r, t in zip(outcome.replies, tiles, strict=True)])
-                self.dock.set_has_run(True)
-                n = len(reply["result"]["features"])
-                self._status(tr(f"Found {n} polygon(s) for '{query}'. Edit the boxes or points "
-                                "and click Refine to correct them."), Qgis.MessageLevel.Success)
-            else:
-                self._report(outcome)
+        def succeeded(replies):
+            reply = merge_replies(replies)
+            layers = add_run_layers(self.project, reply, query, self.settings.vlm)
+            self.run = Run(layers, [(r["view_id"], t.extent)
+                                    for r, t in zip(replies, tiles, strict=True)])
+            self.dock.set_has_run(True)
+            n = len(reply["result"]["features"])
+            self._status(tr(f"Found {n} polygon(s) for '{query}'. Edit the boxes or points "
+                            "and click Refine to correct them."), Qgis.MessageLevel.Success)
 
-        self._start(tr(f"SocioReasoner: {query}"), work, done)
+        self._start(tr(f"SocioReasoner: {query}"), work, succeeded)
 
     # ---------------------------------------------------------------- refine
     def refine(self):
@@ -184,18 +179,12 @@ class Controller:
                     is_cancelled=is_cancelled))
             return replies
 
-        def done(outcome):
-            self.last_outcome = outcome
-            self.task = None
-            self.dock.set_running(False)
-            if isinstance(outcome, Success):
-                update_result_layer(self.run.layers, merge_replies(outcome.replies))
-                n = self.run.layers.result.featureCount()
-                self._status(tr(f"Refined: {n} polygon(s)."), Qgis.MessageLevel.Success)
-            else:
-                self._report(outcome)
+        def succeeded(replies):
+            update_result_layer(self.run.layers, merge_replies(replies))
+            n = self.run.layers.result.featureCount()
+            self._status(tr(f"Refined: {n} polygon(s)."), Qgis.MessageLevel.Success)
 
-        self._start(tr("SocioReasoner: refine"), work, done)
+        self._start(tr("SocioReasoner: refine"), work, succeeded)
 
     def _tile_for(self, prompt: dict) -> str:
         if len(self.run.tiles) == 1:
@@ -240,9 +229,21 @@ class Controller:
             self._status(tr("Settings saved; models reload on the next run."))
 
     # ---------------------------------------------------------------- plumbing
-    def _start(self, description, work, done):
+    def _start(self, description, work, succeeded):
+        """Run ``work`` in an EngineTask; ``succeeded(replies)`` builds layers on the main
+        thread, and any other outcome is reported."""
         if self.task is not None:
             return self._fail(tr("A job is already running; cancel it first."))
+
+        def done(outcome):
+            self.last_outcome = outcome
+            self.task = None
+            self.dock.set_running(False)
+            if isinstance(outcome, Success):
+                succeeded(outcome.replies)
+            else:
+                self._report(outcome)
+
         task = EngineTask(description, self.session, work, done)
         task.message.connect(self.dock.set_status)
         task.progressChanged.connect(self.dock.set_progress)
