@@ -139,7 +139,8 @@ def cmd_evaluate(args) -> int:
     config = MetricConfig(empty_iou=args.empty_iou, min_instance_px=args.min_instance_px,
                           match_iou=args.match_iou)
     summary = evaluate(dataset, args.out, reasoner=reasoner, predictions_dir=args.predictions,
-                       mode=args.mode, limit=args.limit, config=config)
+                       mode=args.mode, limit=args.limit, config=config,
+                       batch_size=args.batch_size)
     o = summary["overall"]
     print(f"cIoU {o['cIoU']:.1f}  gIoU {o['gIoU']:.1f}  F1 {o['F1']:.1f}  "
           f"(n={o['n']}, skipped {summary['counts']['skipped']}) -> {args.out}/summary.md")
@@ -221,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", help="Split to score (default: %(default)s).")
     ev.add_argument("--out", required=True, help="Run folder; an existing run there is resumed.")
     ev.add_argument("--limit", type=int, default=None, help="Score only the first N samples.")
+    ev.add_argument("--batch-size", type=int, default=1,
+                    help="Views per VLM call; larger batches use the GPU better (default 1).")
     ev.add_argument("--mode", default="two-stage", choices=["two-stage", "stage1", "single"])
     ev.add_argument("--predictions", default=None,
                     help="Score <id>.png masks from this folder instead of running a model.")

@@ -51,7 +51,7 @@ def _load_mask_png(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
 
 def evaluate(dataset, out_dir, reasoner=None, predictions_dir=None, mode: str = "two-stage",
              limit: int | None = None, config: MetricConfig = DEFAULT_METRICS,
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, batch_size: int = 1) -> dict:
     """Score a model (``reasoner``) or a folder of masks (``predictions_dir``) on a dataset.
 
     Parameters
@@ -63,6 +63,8 @@ def evaluate(dataset, out_dir, reasoner=None, predictions_dir=None, mode: str = 
     predictions_dir : folder of ``<id>.png`` masks from any other system, optional;
         a missing file counts as an empty prediction and is counted.
     limit : score only the first ``limit`` samples.
+    batch_size : views per VLM call (``SocioReasoner.run_batch``); answers are the same
+        as one at a time up to floating-point batching effects.
 
     Returns
     -------
@@ -80,39 +82,58 @@ def evaluate(dataset, out_dir, reasoner=None, predictions_dir=None, mode: str = 
     bar = tqdm(total=total, initial=min(len(done), total), desc="evaluate", unit="sample",
                disable=not show_progress)
     with open(log_path, "a", encoding="utf-8") as log:
+        def flush(batch):
+            for record in _score_batch(batch, out, reasoner, predictions_dir, mode, config):
+                log.write(json.dumps(record) + "\n")
+                log.flush()          # a kill loses at most the batch in flight
+                bar.update(1)
+
+        batch = []
         for k, sample in enumerate(dataset):
             if k >= total:
                 break
             if sample.id in done:
                 continue
-            record = _score_one(sample, out, reasoner, predictions_dir, mode, config)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.update(1)
+            batch.append(sample)
+            if len(batch) >= max(1, batch_size):
+                flush(batch)
+                batch = []
+        flush(batch)
     bar.close()
     return write_summary(out, config, dataset)
 
 
-def _score_one(sample, out: Path, reasoner, predictions_dir, mode, config) -> dict:
-    if not hasattr(sample, "mask"):           # a SkippedSample: reported, never dropped
-        return {"id": sample.id, "skipped": sample.reason}
-    record = {"id": sample.id, "task": sample.task, "query": sample.query}
-    if reasoner is not None:
+def _score_batch(samples, out: Path, reasoner, predictions_dir, mode, config) -> list[dict]:
+    """Records for a batch, in order; SkippedSamples are recorded, never dropped."""
+    usable = [s for s in samples if hasattr(s, "mask")]
+    results = {}
+    if reasoner is not None and usable:
         t0 = time.perf_counter()
-        result = reasoner.run(sample.map, sample.sat, sample.query, mode=mode)
-        record["seconds"] = {"total": time.perf_counter() - t0, **result.seconds}
-        problems = [p for s in result.stages for p in s.parsed.problems]
-        record.update(problems=problems, parse_failed=_parse_failed(problems),
-                      n_objects=len(result.final.prompts))
-        pred = result.mask
-    else:
-        pred = _load_mask_png(Path(predictions_dir) / f"{sample.id}.png", sample.mask.shape)
-        record["missing_prediction"] = pred is None
-        pred = np.zeros(sample.mask.shape, bool) if pred is None else pred
-    Image.fromarray(pred.astype(np.uint8) * 255).save(out / "masks" / f"{sample.id}.png",
-                                                      optimize=True)
-    record.update(sample_scores(pred, sample.mask, config).to_dict())
-    return record
+        runs = reasoner.run_batch([(s.map, s.sat, s.query) for s in usable], mode=mode)
+        per_sample = (time.perf_counter() - t0) / len(usable)
+        results = {s.id: (r, per_sample) for s, r in zip(usable, runs, strict=True)}
+    records = []
+    for sample in samples:
+        if not hasattr(sample, "mask"):
+            records.append({"id": sample.id, "skipped": sample.reason})
+            continue
+        record = {"id": sample.id, "task": sample.task, "query": sample.query}
+        if reasoner is not None:
+            result, seconds = results[sample.id]
+            record["seconds"] = {"total": seconds, **result.seconds}
+            problems = [p for s in result.stages for p in s.parsed.problems]
+            record.update(problems=problems, parse_failed=_parse_failed(problems),
+                          n_objects=len(result.final.prompts))
+            pred = result.mask
+        else:
+            pred = _load_mask_png(Path(predictions_dir) / f"{sample.id}.png", sample.mask.shape)
+            record["missing_prediction"] = pred is None
+            pred = np.zeros(sample.mask.shape, bool) if pred is None else pred
+        Image.fromarray(pred.astype(np.uint8) * 255).save(out / "masks" / f"{sample.id}.png",
+                                                          optimize=True)
+        record.update(sample_scores(pred, sample.mask, config).to_dict())
+        records.append(record)
+    return records
 
 
 def write_summary(out: Path, config: MetricConfig = DEFAULT_METRICS, dataset=None) -> dict:

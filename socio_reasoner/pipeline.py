@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,40 +69,70 @@ def _image_key(image: np.ndarray) -> str:
     return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
 
 
+@dataclass
+class _Item:
+    """One view inside a batch, in the model frame."""
+
+    query: str
+    frame: ModelFrame
+    map_f: np.ndarray
+    sat_f: np.ndarray
+    stages: list = field(default_factory=list)
+
+
 class SocioReasoner:
     """Text query + (map, satellite) image pair → mask, via a VLM and a segmenter.
 
     Parameters
     ----------
     vlm : VLMBackend
+        When it has ``batch_generate``, the views of ``run_batch`` share one generate
+        call per stage.
     segmenter : Segmenter
     generation : GenerationConfig, optional
         Greedy decoding by default.
     max_objects : int
         Parser cap on boxes per answer: a runaway answer cannot cost hundreds of SAM calls.
+    embedding_cache : int
+        How many views' SAM embeddings are kept (segmenters with ``get_state``), so a
+        batch, or refining any of the last views, never encodes an image twice.
     """
 
     def __init__(self, vlm: VLMBackend, segmenter: Segmenter,
-                 generation: GenerationConfig | None = None, max_objects: int = 50):
+                 generation: GenerationConfig | None = None, max_objects: int = 50,
+                 embedding_cache: int = 16):
         self.vlm = vlm
         self.segmenter = segmenter
         self.generation = generation or GenerationConfig()
         self.max_objects = max_objects
-        self._encoded_key: str | None = None
+        self.embedding_cache = embedding_cache
+        self._states: OrderedDict[str, dict | None] = OrderedDict()
+        self._current: str | None = None
 
     # ------------------------------------------------------------------ SAM
     def set_image(self, sat_frame: np.ndarray) -> bool:
-        """Encode the satellite image unless it is the one already encoded; True if encoded."""
+        """Make ``sat_frame`` the segmenter's image, encoding it only if no embedding of it
+        is kept; returns True when the encoder ran."""
         key = _image_key(sat_frame)
-        if key == self._encoded_key:
+        if key == self._current:
+            return False
+        state = self._states.get(key)
+        if state is not None:
+            self.segmenter.set_state(state)
+            self._states.move_to_end(key)
+            self._current = key
             return False
         self.segmenter.set_image(sat_frame)
-        self._encoded_key = key
+        self._current = key
+        if hasattr(self.segmenter, "get_state") and self.embedding_cache > 0:
+            self._states[key] = self.segmenter.get_state()
+            while len(self._states) > self.embedding_cache:
+                self._states.popitem(last=False)
         return True
 
     def segment(self, object_prompts: list[ObjectPrompt], use_points: bool
                 ) -> tuple[list[np.ndarray], list[float]]:
-        """One SAM prediction per prompt on the encoded image (model-frame pixels)."""
+        """One SAM prediction per prompt on the current image (model-frame pixels)."""
         masks, scores = [], []
         for p in object_prompts:
             pts = np.asarray(p.points_xy, float).reshape(-1, 2) if use_points and p.points_xy else None
@@ -111,21 +142,31 @@ class SocioReasoner:
         return masks, scores
 
     # ------------------------------------------------------------------ stages
-    def _stage(self, name, images, text, frame_wh, use_points, cancel) -> StageResult:
+    def _generate(self, requests: list[tuple[list[np.ndarray], str]]) -> list:
+        if len(requests) > 1 and hasattr(self.vlm, "batch_generate"):
+            return self.vlm.batch_generate(requests, self.generation)
+        return [self.vlm.generate(images, text, self.generation) for images, text in requests]
+
+    def _stage(self, name, items: list[_Item], requests, use_points, cancel) -> None:
+        """One VLM call per item (batched when possible), then SAM per item."""
         _check(cancel)
         t0 = time.perf_counter()
-        reply = self.vlm.generate(images, text, self.generation)
-        t1 = time.perf_counter()
-        parsed = parse_answer(reply.text, frame_wh, expect_points=use_points,
-                              max_objects=self.max_objects)
-        _check(cancel)
-        masks, scores = self.segment(parsed.prompts, use_points)
-        t2 = time.perf_counter()
-        union = np.zeros((frame_wh[1], frame_wh[0]), bool)
-        for m in masks:
-            union |= m
-        seconds = {"vlm": t1 - t0, "sam_decode": t2 - t1, **{f"vlm_{k}": v for k, v in reply.seconds.items()}}
-        return StageResult(name, text, reply.text, parsed, masks, scores, union, seconds)
+        replies = self._generate(requests)
+        vlm_s = (time.perf_counter() - t0) / max(1, len(items))
+        for item, (_, text), reply in zip(items, requests, replies, strict=True):
+            _check(cancel)
+            t1 = time.perf_counter()
+            fw, fh = item.frame.frame_wh
+            parsed = parse_answer(reply.text, (fw, fh), expect_points=use_points,
+                                  max_objects=self.max_objects)
+            self.set_image(item.sat_f)
+            masks, scores = self.segment(parsed.prompts, use_points)
+            union = np.zeros((fh, fw), bool)
+            for m in masks:
+                union |= m
+            seconds = {"vlm": vlm_s, "sam_decode": time.perf_counter() - t1,
+                       **{f"vlm_{k}": v for k, v in reply.seconds.items()}}
+            item.stages.append(StageResult(name, text, reply.text, parsed, masks, scores, union, seconds))
 
     def run(self, map_image: np.ndarray, sat_image: np.ndarray, query: str,
             mode: str = "two-stage", progress: ProgressFn | None = None,
@@ -143,58 +184,76 @@ class SocioReasoner:
         -------
         RunResult with the final mask at tile size (H×W bool).
         """
+        return self.run_batch([(map_image, sat_image, query)], mode, progress, cancel)[0]
+
+    def run_batch(self, views: list[tuple[np.ndarray, np.ndarray, str]], mode: str = "two-stage",
+                  progress: ProgressFn | None = None, cancel: CancelFn | None = None
+                  ) -> list[RunResult]:
+        """Answer several (map, satellite, query) views, one VLM batch per stage.
+
+        Each satellite image is encoded by SAM once for both stages (and kept for a later
+        ``refine``). Results are in the order of ``views``.
+        """
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
-        if map_image.shape != sat_image.shape or sat_image.ndim != 3 or sat_image.shape[2] != 3:
-            raise ShapeMismatchError(
-                f"Map {map_image.shape} and satellite {sat_image.shape} must both be H×W×3 on one grid.")
         progress = progress or (lambda f, m: None)
-        h, w = sat_image.shape[:2]
-        frame = ModelFrame.for_tile(w, h)
-        fw, fh = frame.frame_wh
+        items, seconds = [], {}
         t0 = time.perf_counter()
-        map_f, sat_f = resize_rgb(map_image, fw, fh), resize_rgb(sat_image, fw, fh)
-        seconds = {"preprocess": time.perf_counter() - t0}
+        for map_image, sat_image, query in views:
+            if map_image.shape != sat_image.shape or sat_image.ndim != 3 or sat_image.shape[2] != 3:
+                raise ShapeMismatchError(f"Map {map_image.shape} and satellite {sat_image.shape} "
+                                         "must both be H×W×3 on one grid.")
+            h, w = sat_image.shape[:2]
+            frame = ModelFrame.for_tile(w, h)
+            fw, fh = frame.frame_wh
+            items.append(_Item(query, frame, resize_rgb(map_image, fw, fh),
+                               resize_rgb(sat_image, fw, fh)))
+        seconds["preprocess"] = (time.perf_counter() - t0) / len(items)
         progress(0.05, "encoding satellite image")
         t0 = time.perf_counter()
-        self.set_image(sat_f)
-        seconds["sam_encode"] = time.perf_counter() - t0
-
-        stages = []
+        encoded = sum(self.set_image(item.sat_f) for item in items)
+        seconds["sam_encode"] = (time.perf_counter() - t0) / max(1, encoded)
         if mode == "single":
             progress(0.1, "localizing with boxes and points")
-            stages.append(self._stage("single", [map_f, sat_f], prompts.single_stage_prompt(query),
-                                      frame.frame_wh, True, cancel))
+            self._stage("single", items, [([i.map_f, i.sat_f], prompts.single_stage_prompt(i.query))
+                                          for i in items], True, cancel)
         else:
             progress(0.1, "stage 1: localizing")
-            s1 = self._stage("stage1", [map_f, sat_f], prompts.stage1_prompt(query),
-                             frame.frame_wh, False, cancel)
-            stages.append(s1)
-            if mode == "two-stage" and s1.prompts:
+            self._stage("stage1", items, [([i.map_f, i.sat_f], prompts.stage1_prompt(i.query))
+                                          for i in items], False, cancel)
+            todo = [i for i in items if i.stages[0].prompts] if mode == "two-stage" else []
+            if todo:
                 progress(0.55, "stage 2: refining with points")
                 t0 = time.perf_counter()
-                boxes = [p.box_xyxy for p in s1.prompts]
-                map_fb = draw_feedback(map_f, s1.mask, boxes)
-                sat_fb = draw_feedback(sat_f, s1.mask, boxes)
-                seconds["render"] = time.perf_counter() - t0
-                boxes_json = s1.parsed.answer_text or answer_json(s1.prompts, with_points=False)
-                stages.append(self._stage("stage2", [map_fb, sat_fb],
-                                          prompts.stage2_prompt(query, boxes_json),
-                                          frame.frame_wh, True, cancel))
-        final = stages[-1]
-        tile_masks = [resize_mask(m, w, h) for m in final.object_masks]
-        mask = resize_mask(final.mask, w, h)
-        for s in stages:
-            for k, v in s.seconds.items():
-                seconds[f"{s.name}_{k}"] = v
+                requests = [self._stage2_request(i) for i in todo]
+                seconds["render"] = (time.perf_counter() - t0) / len(todo)
+                self._stage("stage2", todo, requests, True, cancel)
+        results = []
+        for item, (_, sat_image, _) in zip(items, views, strict=True):
+            h, w = sat_image.shape[:2]
+            final = item.stages[-1]
+            per_view = dict(seconds)
+            for s in item.stages:
+                per_view.update({f"{s.name}_{k}": v for k, v in s.seconds.items()})
+            results.append(RunResult(item.query, mode, item.frame, item.stages,
+                                     resize_mask(final.mask, w, h),
+                                     [resize_mask(m, w, h) for m in final.object_masks], per_view))
         progress(1.0, "done")
-        return RunResult(query, mode, frame, stages, mask, tile_masks, seconds)
+        return results
+
+    def _stage2_request(self, item: _Item) -> tuple[list[np.ndarray], str]:
+        """Stage 1's mask and boxes drawn on both images, and its raw answer in the text."""
+        s1 = item.stages[0]
+        boxes = [p.box_xyxy for p in s1.prompts]
+        images = [draw_feedback(item.map_f, s1.mask, boxes), draw_feedback(item.sat_f, s1.mask, boxes)]
+        boxes_json = s1.parsed.answer_text or answer_json(s1.prompts, with_points=False)
+        return images, prompts.stage2_prompt(item.query, boxes_json)
 
     def refine(self, sat_image: np.ndarray, object_prompts: list[ObjectPrompt]
                ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
         """SAM only, from prompts a person edited (model-frame pixels).
 
-        The satellite image's embedding is reused when it is the one last encoded.
+        The satellite image's embedding is reused when it is kept from an earlier run.
         Returns (tile-sized mask, tile-sized per-object masks, scores).
         """
         h, w = sat_image.shape[:2]

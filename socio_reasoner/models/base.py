@@ -78,3 +78,7 @@ class Segmenter(Protocol):
 
     def reset_image(self) -> None:
         """Forget the current embedding."""
+
+    # Optional: ``get_state() -> dict`` and ``set_state(dict)`` save and restore the
+    # current embedding, so a batch of views is encoded once each (SocioReasoner uses
+    # them when present).

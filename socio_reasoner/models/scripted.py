@@ -71,5 +71,11 @@ class BoxSegmenter:
             mask[max(y1, 0):max(y2, 0), max(x1, 0):max(x2, 0)] = True
         return mask, 1.0
 
+    def get_state(self) -> dict:
+        return {"hw": self._hw}
+
+    def set_state(self, state: dict) -> None:
+        self._hw = state["hw"]
+
     def reset_image(self) -> None:
         self._hw = None

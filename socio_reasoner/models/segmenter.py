@@ -247,6 +247,19 @@ class _PromptSegmenter:
         best = int(np.argmax(scores))
         return np.asarray(masks[best]).astype(bool), float(scores[best])
 
+    def get_state(self) -> dict:
+        """The current image's embedding and sizes, to bring back later with `set_state`
+        instead of encoding the image again (batches of views keep one state each)."""
+        if self._hw is None:
+            raise RuntimeError("set_image must be called before get_state")
+        return {"hw": self._hw, "predictor": {k: v for k, v in vars(self.predictor).items()
+                                              if k != "model"}}
+
+    def set_state(self, state: dict) -> None:
+        """Make a state from `get_state` current again; costs no encoding."""
+        vars(self.predictor).update(state["predictor"])
+        self._hw = state["hw"]
+
     def reset_image(self) -> None:
         """Forget the current embedding (frees its memory)."""
         if hasattr(self.predictor, "reset_image"):     # segment_anything

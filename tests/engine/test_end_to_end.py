@@ -109,3 +109,25 @@ def test_cli_evaluate_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_sam2):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["scored"] == 2 and "stage1_vlm" in summary["mean_seconds"]
     assert (out / "gallery.png").exists() and (out / "summary.md").exists()
+
+
+def test_batched_views_match_one_at_a_time_and_encode_once(taught_vlm_dir, tiny_sam2):
+    from socio_reasoner.data.synthetic import make_synthetic_sample
+    from socio_reasoner.models.vlm import TransformersVLM
+
+    seg = Sam2Backend(tiny_sam2, device="cpu")
+    calls = []
+    seg.predictor.model.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    vlm = TransformersVLM(taught_vlm_dir, device="cpu")
+    from socio_reasoner.models.base import GenerationConfig
+    reasoner = SocioReasoner(vlm, seg, GenerationConfig(max_new_tokens=48))
+    views = [(s.map, s.sat, s.query) for s in (make_synthetic_sample("train", k, size=128)
+                                              for k in range(3))]
+    batched = reasoner.run_batch(views)
+    assert len(calls) == 3                          # one encoding per view, both stages
+    assert all(r.stages[0].raw_text.startswith("<think>") for r in batched)   # near the format
+    single = [SocioReasoner(vlm, Sam2Backend(tiny_sam2, device="cpu"),
+                            GenerationConfig(max_new_tokens=48)).run(*v) for v in views]
+    for b, s in zip(batched, single, strict=True):
+        assert b.stages[0].raw_text == s.stages[0].raw_text
+        assert np.array_equal(b.mask, s.mask)
