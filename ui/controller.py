@@ -22,8 +22,8 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
 from .capture import CaptureError, capture_view, plan_capture
+from .export import ExportError, export_layer
 from .layers import (
-    ExportError,
     add_run_layers,
     geometry_from_geojson,
     prompts_from_layers,
@@ -210,8 +210,6 @@ class Controller:
             self.export(path, overwrite=True)
 
     def export(self, path, crs: QgsCoordinateReferenceSystem | None = None, overwrite=False) -> bool:
-        from .layers import export_layer
-
         try:
             written = export_layer(self.run.layers.result, path, crs=crs, overwrite=overwrite)
         except ExportError as exc:

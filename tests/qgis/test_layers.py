@@ -107,6 +107,13 @@ def layers(plugin_package):
     return module
 
 
+@pytest.fixture(scope="module")
+def export(plugin_package):
+    from socioreasoner.ui import export as module
+
+    return module
+
+
 @pytest.fixture
 def project(qgis_new_project):
     """QgsProject.instance(), emptied, holding one unrelated layer in a group of its own."""
@@ -356,9 +363,9 @@ EXTENSIONS = [".gpkg", ".shp", ".geojson"]
 
 
 @pytest.mark.parametrize("ext", EXTENSIONS)
-def test_export_writes_a_readable_file(layers, run, tmp_path, ext):
+def test_export_writes_a_readable_file(layers, export, run, tmp_path, ext):
     path = str(tmp_path / f"schools{ext}")
-    assert layers.export_layer(run.result, path) == path
+    assert export.export_layer(run.result, path) == path
     back = QgsVectorLayer(path, "back", "ogr")
     assert back.isValid()
     assert back.featureCount() == 2
@@ -378,10 +385,10 @@ def test_export_writes_a_readable_file(layers, run, tmp_path, ext):
 
 
 @pytest.mark.parametrize("ext", [".gpkg", ".geojson"])
-def test_export_reprojects(layers, run, tmp_path, ext):
+def test_export_reprojects(layers, export, run, tmp_path, ext):
     wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
     path = str(tmp_path / f"schools_wgs84{ext}")
-    layers.export_layer(run.points, path, crs=wgs84)
+    export.export_layer(run.points, path, crs=wgs84)
     back = QgsVectorLayer(path, "back", "ogr")
     assert back.crs() == wgs84
     point = next(f for f in back.getFeatures() if f["box_id"] == 1).geometry().asPoint()
@@ -395,38 +402,38 @@ def test_export_reprojects(layers, run, tmp_path, ext):
 
 
 @pytest.mark.parametrize("ext", EXTENSIONS)
-def test_export_refuses_to_overwrite(layers, run, tmp_path, ext):
+def test_export_refuses_to_overwrite(layers, export, run, tmp_path, ext):
     path = str(tmp_path / f"schools{ext}")
-    layers.export_layer(run.result, path)
+    export.export_layer(run.result, path)
     before = _bytes(tmp_path)
-    with pytest.raises(layers.ExportError, match="already exists"):
-        layers.export_layer(run.result, path)
+    with pytest.raises(export.ExportError, match="already exists"):
+        export.export_layer(run.result, path)
     assert _bytes(tmp_path) == before
 
     ring = [[386350, 6672615], [386430, 6672615], [386430, 6672670], [386350, 6672615]]
     layers.update_result_layer(run, make_refine_reply(2, [(1, ring)]))
-    layers.export_layer(run.result, path, overwrite=True)
+    export.export_layer(run.result, path, overwrite=True)
     assert QgsVectorLayer(path, "back", "ogr").featureCount() == 1
     assert _files(tmp_path) == sorted(before)                             # no temp files
 
 
-def test_overwriting_a_shapefile_drops_its_stale_index(layers, run, tmp_path):
+def test_overwriting_a_shapefile_drops_its_stale_index(layers, export, run, tmp_path):
     path = str(tmp_path / "schools.shp")
-    layers.export_layer(run.result, path)
+    export.export_layer(run.result, path)
     (tmp_path / "schools.qix").write_bytes(b"stale spatial index")
     (tmp_path / "notes.txt").write_text("not part of the shapefile")
     (tmp_path / "schools.qml").write_text("<qgis/>")           # the user's style stays
-    with pytest.raises(layers.ExportError):
-        layers.export_layer(run.boxes, path)
-    layers.export_layer(run.boxes, path, overwrite=True)
+    with pytest.raises(export.ExportError):
+        export.export_layer(run.boxes, path)
+    export.export_layer(run.boxes, path, overwrite=True)
     assert "schools.qix" not in _files(tmp_path)
     assert {"notes.txt", "schools.qml"} <= set(_files(tmp_path))
     assert QgsVectorLayer(path, "back", "ogr").featureCount() == 4
 
 
-def test_failed_shapefile_move_restores_the_old_files(layers, run, tmp_path, monkeypatch):
+def test_failed_shapefile_move_restores_the_old_files(layers, export, run, tmp_path, monkeypatch):
     path = str(tmp_path / "schools.shp")
-    layers.export_layer(run.result, path)
+    export.export_layer(run.result, path)
     before = _bytes(tmp_path)
     real_replace, moved_parts = os.replace, []
 
@@ -438,27 +445,27 @@ def test_failed_shapefile_move_restores_the_old_files(layers, run, tmp_path, mon
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(layers.ExportError, match="file is locked"):
-        layers.export_layer(run.boxes, path, overwrite=True)
+    with pytest.raises(export.ExportError, match="file is locked"):
+        export.export_layer(run.boxes, path, overwrite=True)
     monkeypatch.undo()
     assert len(moved_parts) == 2                           # one new part had been moved
     assert _bytes(tmp_path) == before
     assert QgsVectorLayer(path, "back", "ogr").featureCount() == 2
 
 
-def test_failed_export_leaves_no_files(layers, run, tmp_path):
+def test_failed_export_leaves_no_files(layers, export, run, tmp_path):
     blocker = tmp_path / "schools.gpkg"
     blocker.mkdir()                              # a folder where the file should go
-    with pytest.raises(layers.ExportError):
-        layers.export_layer(run.result, str(blocker), overwrite=True)
+    with pytest.raises(export.ExportError):
+        export.export_layer(run.result, str(blocker), overwrite=True)
     assert _files(tmp_path) == ["schools.gpkg"] and os.listdir(blocker) == []
 
-    with pytest.raises(layers.ExportError, match="file format"):
-        layers.export_layer(run.result, str(tmp_path / "schools.xyz"))
-    with pytest.raises(layers.ExportError, match="does not exist"):
-        layers.export_layer(run.result, str(tmp_path / "missing" / "schools.gpkg"))
-    with pytest.raises(layers.ExportError, match="not valid"):
-        layers.export_layer(run.result, str(tmp_path / "a.gpkg"),
+    with pytest.raises(export.ExportError, match="file format"):
+        export.export_layer(run.result, str(tmp_path / "schools.xyz"))
+    with pytest.raises(export.ExportError, match="does not exist"):
+        export.export_layer(run.result, str(tmp_path / "missing" / "schools.gpkg"))
+    with pytest.raises(export.ExportError, match="not valid"):
+        export.export_layer(run.result, str(tmp_path / "a.gpkg"),
                             crs=QgsCoordinateReferenceSystem())
     assert _files(tmp_path) == ["schools.gpkg"]
 
