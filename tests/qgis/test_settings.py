@@ -1,0 +1,39 @@
+"""Settings survive a save/load round trip with their types, and the dialog edits them."""
+
+from qgis.core import QgsSettings
+
+
+def test_settings_round_trip_keeps_types(plugin_package, qgis_app):
+    from socioreasoner.ui.settings import PREFIX, EngineSettings
+
+    QgsSettings().remove(PREFIX.rstrip("/"))
+    s = EngineSettings(vlm="/models/socio", device="cpu", sampling=True, offline=False,
+                       max_new_tokens=321, timeout_s=77, extra={"vlm": "scripted"})
+    s.save()
+    back = EngineSettings.load()
+    assert (back.vlm, back.device, back.max_new_tokens, back.timeout_s) == ("/models/socio", "cpu", 321, 77)
+    assert back.sampling is True and back.offline is False       # booleans, not "false" strings
+    assert back.extra == {}                                       # test hooks are never stored
+    spec = back.model_spec()
+    assert spec["generation"] == {"max_new_tokens": 321, "do_sample": True, "temperature": 0.99,
+                                  "top_p": 0.99, "top_k": 100}
+    QgsSettings().remove(PREFIX.rstrip("/"))
+
+
+def test_settings_dialog_applies_and_stores(plugin_package, qgis_app):
+    from socioreasoner.ui.settings import PREFIX, EngineSettings
+    from socioreasoner.ui.settings_dialog import SettingsDialog
+
+    QgsSettings().remove(PREFIX.rstrip("/"))
+    s = EngineSettings()
+    dialog = SettingsDialog(s)
+    dialog.vlm.setText("/data/my-model")
+    dialog.segmenter.setCurrentText("sam")
+    dialog.device.setCurrentText("cpu")
+    dialog.sampling.setChecked(True)
+    dialog.max_tokens.setValue(512)
+    dialog.apply()
+    assert (s.vlm, s.segmenter, s.device, s.sampling, s.max_new_tokens) == (
+        "/data/my-model", "sam", "cpu", True, 512)
+    assert EngineSettings.load().vlm == "/data/my-model"
+    QgsSettings().remove(PREFIX.rstrip("/"))
