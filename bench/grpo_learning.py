@@ -86,7 +86,11 @@ def _plot(rewards, history, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(steps, [h["reward_stage1"] for h in history], label="stage 1", alpha=0.6)
     ax.plot(steps, [h["reward_stage2"] for h in history], label="stage 2", alpha=0.6)
-    ax.plot(steps, rewards, label="mean", color="black")
+    ax.plot(steps, rewards, label="mean of stages", color="black", alpha=0.5)
+    w = max(1, len(rewards) // 6)
+    smooth = [sum(rewards[max(0, i - w + 1):i + 1]) / len(rewards[max(0, i - w + 1):i + 1])
+              for i in range(len(rewards))]
+    ax.plot(steps, smooth, label=f"mean, running over {w} steps", color="black", linewidth=2)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("reward")
     ax.set_title("Tiny model, trivially learnable task")
@@ -97,5 +101,17 @@ def _plot(rewards, history, path: Path) -> None:
     print(f"plot: {path}")
 
 
+def replot(json_path: str) -> None:
+    """Redraw the figure of a finished run: ``python bench/grpo_learning.py --replot FILE``."""
+    import json
+
+    history = json.loads(Path(json_path).read_text())["history"]
+    rewards = [(h["reward_stage1"] + h["reward_stage2"]) / 2 for h in history]
+    _plot(rewards, history, Path(json_path).with_suffix(".png"))
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--replot":
+        replot(sys.argv[2])
+        raise SystemExit(0)
     raise SystemExit(main())
