@@ -26,7 +26,7 @@ export MPLBACKEND := Agg
 setup: system-deps engine-env qgis-env
 
 system-deps:
-	@bash .ci/system-deps.sh
+	@bash scripts/system-deps.sh
 
 # A stamp per environment: rebuilt only when its pinned requirement files change.
 engine-env: $(ENGINE_VENV)/.stamp

@@ -41,8 +41,8 @@ REQUIRED_METADATA = (
 )
 
 # What goes in, by top-level entry; everything else in the checkout stays out.
-INCLUDED_TOP_FILES = ("metadata.txt", "LICENSE", "README.md")
-INCLUDED_TOP_DIRS = ("ui", "resources", "socio_reasoner", "requirements", "i18n")
+INCLUDED_TOP_FILES = ("metadata.txt", "LICENSE", "README.md", "Makefile", "pyproject.toml")
+INCLUDED_TOP_DIRS = ("ui", "resources", "socio_reasoner", "requirements", "scripts", "i18n")
 # Without these the zip is not a working plugin (LICENSE: plugins.qgis.org requires one).
 REQUIRED_FILES = ("metadata.txt", "__init__.py", "plugin.py", "LICENSE")
 # Expected but not fatal when missing (warned about).

@@ -178,7 +178,8 @@ def test_filters_outside_git(repo_root, tmp_path):
         ".qgis-settings/QGIS3.ini": b"",
         "runs/demo/result.gpkg": b"",
         "test-output/dock.png": b"",
-        "Makefile": b"all:\n",
+        "Makefile": b"all:\n",                # shipped: it builds the engine env
+        "configs/grpo.yaml": b"",
     }
     for rel, data in junk.items():
         path = root / rel
@@ -191,6 +192,6 @@ def test_filters_outside_git(repo_root, tmp_path):
     with zipfile.ZipFile(result.stdout.strip().splitlines()[-1]) as archive:
         shipped = sorted(name.split("/", 1)[1] for name in archive.namelist())
     assert shipped == [
-        "LICENSE", "__init__.py", "metadata.txt", "plugin.py", "resources/icon.svg",
+        "LICENSE", "Makefile", "__init__.py", "metadata.txt", "plugin.py", "resources/icon.svg",
         "socio_reasoner/__init__.py",
     ]
