@@ -73,6 +73,15 @@ class BadSampleError(SocioReasonerError, ValueError):
     code = "bad_sample"
 
 
+class UnknownViewError(SocioReasonerError, KeyError):
+    """The worker no longer holds a view's images (it keeps the last few only)."""
+
+    code = "unknown_view"
+
+    def __str__(self) -> str:   # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 class CancelledError(SocioReasonerError):
     """The running job was cancelled by the user."""
 
@@ -96,7 +105,7 @@ _BY_CODE = {
     for cls in (
         SocioReasonerError, RasterOpenError, NoOverlapError, CRSError, ShapeMismatchError,
         OutputExistsError, ModelNotFoundError, ModelLoadError, DatasetNotFoundError,
-        DatasetFormatError, BadSampleError, CancelledError,
+        DatasetFormatError, BadSampleError, UnknownViewError, CancelledError,
         ProtocolError, WorkerError,
     )
 }

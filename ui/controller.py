@@ -18,10 +18,11 @@ from qgis.core import (
     QgsProject,
     QgsRectangle,
 )
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QObject, Qt, QThread, pyqtSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
-from .capture import CaptureError, capture_view, plan_capture
+from ..socio_reasoner.errors import UnknownViewError
+from .capture import CaptureError, capture_tile, capture_view, plan_capture
 from .export import ExportError, export_layer
 from .layers import (
     add_run_layers,
@@ -46,6 +47,7 @@ class Run:
 
     layers: object
     tiles: list = field(default_factory=list)   # (view_id, QgsRectangle extent)
+    recapture: object = None                    # extent -> CaptureTile, if the worker forgot it
 
 
 def merge_replies(replies: list[dict]) -> dict:
@@ -79,8 +81,41 @@ def merge_replies(replies: list[dict]) -> dict:
     return merged
 
 
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
+
+
 def _geojson(geom: QgsGeometry) -> dict:
     return json.loads(geom.asJson(17))
+
+
+class MainThreadCall(QObject):
+    """Run a function on the main thread from a task's thread and wait for its result.
+
+    Rendering a capture must happen on the main thread; the task asks for one tile at a
+    time through this, instead of all tiles being rendered (and held) up front.
+    """
+
+    _request = pyqtSignal(object)
+
+    def __init__(self):
+        super().__init__()
+        self._request.connect(self._run, Qt.ConnectionType.BlockingQueuedConnection)
+
+    def _run(self, box):
+        try:
+            box["result"] = box["fn"]()
+        except Exception as exc:   # re-raised in the calling thread
+            box["error"] = exc
+
+    def __call__(self, fn):
+        if QThread.currentThread() == self.thread():
+            return fn()
+        box = {"fn": fn}
+        self._request.emit(box)
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
 
 
 class Controller:
@@ -97,6 +132,7 @@ class Controller:
         self.task = None
         self.run = None
         self.last_outcome = None
+        self._on_main = MainThreadCall()
         dock.find_requested.connect(self.find_in_view)
         dock.cancel_requested.connect(self.cancel)
         dock.refine_requested.connect(self.refine)
@@ -122,38 +158,50 @@ class Controller:
                     tr("Large view"), tr(f"The view will be cut into {len(plan.tiles)} tiles; "
                                          "each takes one model run. Continue?")):
                 return self._status(tr("Cancelled: zoom in for a faster run."))
-            self._status(tr(f"Capturing {len(plan.tiles)} tile(s)…"))
-            tiles = list(capture_view(plan, [sat], [map_],
-                                      transform_context=self.project.transformContext(),
-                                      project=self.project))
+            # Checks the layers now; each tile is rendered only when the task asks for it.
+            tiles = capture_view(plan, [sat], [map_],
+                                 transform_context=self.project.transformContext(),
+                                 project=self.project)
         except CaptureError as exc:
             return self._fail(str(exc))
-        if not tiles:
-            return self._fail(tr("No part of the view is covered by the satellite layer."))
-        mode = self.settings.mode
+        mode, n = self.settings.mode, len(plan.tiles)
+        extents = []
 
         def work(report, is_cancelled):
             report(0.0, tr("Starting the engine…"))
-            self.session.ensure_loaded(lambda f, m: report(0.1 * f, m), is_cancelled)
+            self.session.ensure_loaded(lambda f, m: report(0.05 * f, m), is_cancelled)
             replies = []
-            for k, tile in enumerate(tiles):
+            for k in range(n):
+                if is_cancelled():
+                    break
+                # Rendering needs the main thread; one tile is held at a time, so memory
+                # stays flat however large the view, and QGIS stays responsive between tiles.
+                tile = self._on_main(lambda: next(tiles, None))
+                if tile is None:
+                    break
+
                 def progress(f, m, k=k):
-                    report(0.1 + 0.9 * (k + f) / len(tiles), f"{tr('tile')} {k + 1}/{len(tiles)}: {m}")
+                    report(0.05 + 0.95 * (k + f) / n, f"{tr('tile')} {k + 1}/{n}: {m}")
                 replies.append(self.session.request("run", {
                     "query": query, "mode": mode, "grid": tile.grid,
-                    "sat": {"png_base64": base64.b64encode(tile.sat_png).decode()},
-                    "map": {"png_base64": base64.b64encode(tile.map_png).decode()}},
+                    "sat": {"png_base64": _b64(tile.sat_png)},
+                    "map": {"png_base64": _b64(tile.map_png)}},
                     on_progress=progress, is_cancelled=is_cancelled))
+                extents.append(tile.extent)
+            if not replies and not is_cancelled():
+                raise CaptureError(tr("No part of the view is covered by the satellite layer."))
             return replies
 
         def succeeded(replies):
             reply = merge_replies(replies)
             layers = add_run_layers(self.project, reply, query, self.settings.vlm)
-            self.run = Run(layers, [(r["view_id"], t.extent)
-                                    for r, t in zip(replies, tiles, strict=True)])
+            tile_px, ctx = self.settings.tile_px, self.project.transformContext()
+            self.run = Run(layers, [(r["view_id"], e) for r, e in zip(replies, extents, strict=True)],
+                           lambda e: capture_tile(e, crs, [sat], [map_], tile_px, ctx, self.project,
+                                                  check_overlap=False))
             self.dock.set_has_run(True)
-            n = len(reply["result"]["features"])
-            self._status(tr(f"Found {n} polygon(s) for '{query}'. Edit the boxes or points "
+            n_found = len(reply["result"]["features"])
+            self._status(tr(f"Found {n_found} polygon(s) for '{query}'. Edit the boxes or points "
                             "and click Refine to correct them."), Qgis.MessageLevel.Success)
 
         self._start(tr(f"SocioReasoner: {query}"), work, succeeded)
@@ -170,13 +218,27 @@ class Controller:
             view_id = self._tile_for(p)
             by_tile.setdefault(view_id, []).append(p)
 
+        run = self.run
+        extent_of = dict(run.tiles)
+
         def work(report, is_cancelled):
             replies = []
             for k, (view_id, items) in enumerate(by_tile.items()):
-                replies.append(self.session.request(
-                    "refine", {"view_id": view_id, "query": self.run.layers.query, "prompts": items},
-                    on_progress=lambda f, m, k=k: report((k + f) / len(by_tile), m),
-                    is_cancelled=is_cancelled))
+                params = {"view_id": view_id, "query": run.layers.query, "prompts": items}
+
+                def progress(f, m, k=k):
+                    report((k + f) / len(by_tile), m)
+                try:
+                    reply = self.session.request("refine", params, progress, is_cancelled)
+                except UnknownViewError:
+                    # The worker keeps the last few views only (flat memory): send it again.
+                    if run.recapture is None:
+                        raise
+                    tile = self._on_main(lambda v=view_id: run.recapture(extent_of[v]))
+                    params.update(grid=tile.grid, sat={"png_base64": _b64(tile.sat_png)},
+                                  map={"png_base64": _b64(tile.map_png)})
+                    reply = self.session.request("refine", params, progress, is_cancelled)
+                replies.append(reply)
             return replies
 
         def succeeded(replies):
@@ -242,7 +304,7 @@ class Controller:
             else:
                 self._report(outcome)
 
-        task = EngineTask(description, self.session, work, done)
+        task = EngineTask(description, self.session, work, done, expected_errors=(CaptureError,))
         task.message.connect(self.dock.set_status)
         task.progressChanged.connect(self.dock.set_progress)
         self.task = task

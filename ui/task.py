@@ -40,8 +40,9 @@ class EngineTask(QgsTask):
 
     message = pyqtSignal(str)
 
-    def __init__(self, description, session, work, on_done):
+    def __init__(self, description, session, work, on_done, expected_errors=()):
         super().__init__(description, QgsTask.Flag.CanCancel)
+        self._expected = tuple(expected_errors)   # their message is for the user as is
         self.session = session
         self._work = work
         self._on_done = on_done
@@ -62,6 +63,8 @@ class EngineTask(QgsTask):
             self.outcome = Canceled()
         except SocioReasonerError as exc:   # known engine errors carry a user-facing message
             self.outcome = Failed(str(exc), exc.code, self.session.log_tail())
+        except self._expected as exc:
+            self.outcome = Failed(str(exc), type(exc).__name__)
         except Exception as exc:           # the edge: never let a task take QGIS down
             self.outcome = Failed(f"{type(exc).__name__}: {exc}", "internal", self.session.log_tail())
         return isinstance(self.outcome, Success)

@@ -17,7 +17,7 @@ import traceback
 import uuid
 
 from .. import __version__
-from ..errors import CancelledError, ProtocolError, SocioReasonerError
+from ..errors import CancelledError, ProtocolError, SocioReasonerError, UnknownViewError
 from ..models.base import GenerationConfig
 from . import protocol
 from .views import ViewCache, load_view, prompt_features, prompts_from_map, result_features
@@ -147,7 +147,8 @@ class Engine:
         view = self.views.get(view_id) if view_id else None
         if view is None:
             if "sat" not in params:
-                raise ValueError(f"Unknown view {view_id!r}: send 'sat' and 'map' again to refine.")
+                raise UnknownViewError(
+                    f"Unknown view {view_id!r}: send 'sat' and 'map' again to refine.")
             view = load_view(params)
             view_id = view_id or uuid.uuid4().hex
             self.views.put(view_id, view)

@@ -199,3 +199,47 @@ def test_tiny_real_models_through_the_dock(scene, tmp_path):
     assert reply["stages"][0]["raw_text"] and reply["frame_wh"] == [756, 756]
     assert len(group_layers(project)[0]) == 1
     assert QgsApplication.taskManager().countActiveTasks() == 0
+
+
+def test_large_view_runs_tile_by_tile_and_refines_an_evicted_tile(scene, tmp_path):
+    """Many tiles: captured one at a time during the task; refining the first tile after the
+    worker has forgotten it (it keeps four views) re-sends that tile's capture."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    controller, dock, project, _ = scene
+    path = str(tmp_path / "wide.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 1800, 600, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((2776000, 4.0, 0, 8439600, 0, -4.0))       # 7200 × 2400 map units
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(3857)
+    ds.SetProjection(srs.ExportToWkt())
+    rng = np.random.default_rng(0)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(rng.integers(0, 255, (600, 1800), dtype=np.uint8))
+    ds = None
+    wide = QgsRasterLayer(path, "wide sat")
+    project.addMapLayer(wide)
+    dock.sat_combo.setLayer(wide)
+    dock.map_combo.setLayer(wide)
+    controller.iface.mapCanvas().setExtent(QgsRectangle(2776000, 8437200, 2783200, 8439600))
+    dock.query_edit.setText("school")
+    controller.find_in_view()
+    assert type(wait_for(controller)).__name__ == "Success", controller.last_outcome
+    n_tiles = len(controller.run.tiles)
+    assert n_tiles >= 5, n_tiles
+    run = controller.run.layers
+    assert run.result.featureCount() >= n_tiles - 1          # one box per tile (some may merge)
+
+    first_extent = controller.run.tiles[0][1]
+    run.boxes.startEditing()
+    final = [f for f in run.boxes.getFeatures()
+             if f["stage"] == "stage2" and first_extent.contains(f.geometry().boundingBox().center())][0]
+    moved = QgsGeometry(final.geometry())
+    moved.translate(-40, 0)
+    run.boxes.changeGeometry(final.id(), moved)
+    before = sorted(f.geometry().boundingBox().xMinimum() for f in run.result.getFeatures())
+    dock.refine_button.click()
+    assert type(wait_for(controller)).__name__ == "Success", controller.last_outcome
+    after = sorted(f.geometry().boundingBox().xMinimum() for f in run.result.getFeatures())
+    assert after[0] == pytest.approx(before[0] - 40, abs=3)
