@@ -153,7 +153,8 @@ class Controller:
         extent, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
         try:
             plan = plan_capture(extent, crs, tile_px=self.settings.tile_px,
-                                transform_context=self.project.transformContext())
+                                transform_context=self.project.transformContext(),
+                                max_tiles=self.settings.max_tiles)
             if len(plan.tiles) > ASK_ABOVE_TILES and not self.confirm(
                     tr("Large view"), tr(f"The view will be cut into {len(plan.tiles)} tiles; "
                                          "each takes one model run. Continue?")):

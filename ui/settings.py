@@ -28,6 +28,7 @@ class EngineSettings:
     max_new_tokens: int = 1024
     timeout_s: int = 900                         # per request; a hung worker is stopped
     tile_px: int = 768
+    max_tiles: int = 64                          # larger views are refused (zoom in)
     offline: bool = False                        # never contact the hub
     # Not stored: extra ``load`` keys, e.g. a scripted replay {"vlm": "scripted", ...}.
     extra: dict = field(default_factory=dict)

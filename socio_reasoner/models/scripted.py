@@ -8,6 +8,7 @@ run be replayed. They are not stand-ins for the real backends' own tests.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 
@@ -28,7 +29,9 @@ class ScriptedVLM:
             raise ValueError("ScriptedVLM needs at least one answer.")
         self.answers = list(answers)
         self.delay_s = float(delay_s)
-        self.calls: list[tuple[list[np.ndarray], str]] = []
+        # the last calls only: a long replay (a benchmark) must not keep every image
+        self.calls: deque[tuple[list[np.ndarray], str]] = deque(maxlen=16)
+        self._n = 0
 
     def model_frame(self, width: int, height: int) -> tuple[int, int]:
         return ModelFrame.for_tile(width, height).frame_wh
@@ -36,7 +39,8 @@ class ScriptedVLM:
     def generate(self, images, text, config: GenerationConfig | None = None) -> VLMReply:
         t0 = time.perf_counter()
         self.calls.append(([np.array(i, copy=True) for i in images], text))
-        answer = self.answers[(len(self.calls) - 1) % len(self.answers)]
+        answer = self.answers[self._n % len(self.answers)]
+        self._n += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         return VLMReply(answer, seconds={"generate": time.perf_counter() - t0})
