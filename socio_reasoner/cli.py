@@ -30,6 +30,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Architecture of the checkpoint: hiera_l/hiera_b+/… for sam2, "
                         "vit_h/vit_l/vit_b for sam.")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default).")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="VLM weights: auto is bf16 on CUDA and fp32 on CPU; bf16 is faster "
+                        "on CPUs with AVX512-BF16 or AMX (see bench/README.md).")
     p.add_argument("--sample", action="store_true",
                    help="Sample like the paper's rollouts (temperature 0.99, top-p 0.99, top-k 100) "
                         "instead of greedy decoding.")
@@ -37,7 +40,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_spec(args) -> dict:
-    spec = {"vlm": args.vlm, "segmenter": args.segmenter, "device": args.device}
+    spec = {"vlm": args.vlm, "segmenter": args.segmenter, "device": args.device,
+            "dtype": args.dtype}
     if args.segmenter_checkpoint:
         spec["segmenter_checkpoint"] = args.segmenter_checkpoint
     elif args.segmenter != DEFAULT_MODELS["segmenter"]:

@@ -209,6 +209,8 @@ class _PromptSegmenter:
             raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
         with torch.inference_mode():
             self.predictor.set_image(image)
+        if str(self.device).startswith("cuda"):
+            torch.cuda.synchronize()   # so timings charge the encoder, not the next step
         self._hw = image.shape[:2]
         self.encode_count += 1
 

@@ -44,7 +44,12 @@ def pick_dtype(dtype, device: str):
 
     if dtype in (None, "auto"):
         return torch.float32 if device.startswith("cpu") else torch.bfloat16
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if isinstance(dtype, str):
+        name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
+        if not isinstance(getattr(torch, name, None), torch.dtype):
+            raise ValueError(f"Unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32.")
+        return getattr(torch, name)
+    return dtype
 
 
 class TransformersVLM:

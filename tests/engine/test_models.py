@@ -188,3 +188,14 @@ def test_segmenter_load_errors(tiny_sam_checkpoint, tmp_path):
         Sam2Backend(tiny_sam_checkpoint)                          # bare file of unknown kind
     with pytest.raises(ValueError):
         load_segmenter("mobile-sam", tiny_sam_checkpoint)
+
+
+def test_dtype_names():
+    import torch
+
+    from socio_reasoner.models.vlm import pick_dtype
+
+    assert pick_dtype("auto", "cpu") == torch.float32 and pick_dtype("auto", "cuda") == torch.bfloat16
+    assert pick_dtype("bf16", "cpu") == torch.bfloat16 and pick_dtype("fp32", "cuda") == torch.float32
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        pick_dtype("float99", "cpu")
