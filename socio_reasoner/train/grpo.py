@@ -125,14 +125,26 @@ class GRPOTrainer:
                                 temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                                 seed=c.seed * 100_003 + self.step * 1_009 + self.acc.process_index)
 
+    def _full_params(self):
+        """Under FSDP each process holds a shard; generation needs the whole model, so
+        gather it for the rollout (not verified on multi-GPU here: DDP is tested)."""
+        from accelerate import DistributedType
+
+        if self.acc.distributed_type == DistributedType.FSDP:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel.summon_full_params(self.model, writeback=False)
+        return contextlib.nullcontext()
+
     def rollout(self, samples) -> list[Trajectory]:
         self.model.eval()
         trajectories = []
         gen = self.generation_config()
-        for k, sample in enumerate(samples):
-            trajectories += rollout_sample(self.policy, self.segmenter, sample,
-                                           self.config.group_size, gen, self.config.stage2_sampling,
-                                           self.config.reward_variant, group_base=2 * k)
+        with self._full_params():
+            for k, sample in enumerate(samples):
+                trajectories += rollout_sample(
+                    self.policy, self.segmenter, sample, self.config.group_size, gen,
+                    self.config.stage2_sampling, self.config.reward_variant, group_base=2 * k)
         group_advantages(trajectories, self.config.adv_eps)
         return trajectories
 
