@@ -105,32 +105,36 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[di
     return history
 
 
-def teach_fixed_answer(model_dir, out_dir, answer: str, sample, steps: int = 40, lr: float = 1e-2,
+def teach_fixed_answer(model_dir, out_dir, answer: str, samples, steps: int = 40, lr: float = 1e-2,
                        seed: int = 0):
-    """Overfit a (tiny) model on one answer to one stage-1 prompt, and save it.
+    """Overfit a (tiny) model on one answer to the stage-1 prompts of ``samples``, and save it.
 
     Gives a random model a policy whose samples are near the answer format, so rewards
     vary within a group and a GRPO step has a real gradient: for tests and smoke runs.
+    ``samples`` is one Sample or a list (the prompts cycle through them).
     """
     import torch
 
     from ..models.vlm import TransformersVLM
-
-    torch.manual_seed(seed)
-    policy = TransformersVLM(model_dir, device="cpu")
-    h, w = sample.mask.shape
-    fw, fh = ModelFrame.for_tile(w, h).frame_wh
-    images = [resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)]
-    inputs = {k: v.cpu() for k, v in policy.prepare([(images, prompts.stage1_prompt(sample.query))]).items()}
-    tok = policy.processor.tokenizer
-    ids = tok(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    example = Trajectory(inputs, ids, answer, 0.0, None, "stage1", 0)
     from .grpo import completion_logprobs
 
+    torch.manual_seed(seed)
+    samples = samples if isinstance(samples, (list, tuple)) else [samples]
+    policy = TransformersVLM(model_dir, device="cpu")
+    tok = policy.processor.tokenizer
+    ids = tok(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    examples = []
+    for sample in samples:
+        h, w = sample.mask.shape
+        fw, fh = ModelFrame.for_tile(w, h).frame_wh
+        images = [resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)]
+        inputs = {k: v.cpu() for k, v in policy.prepare(
+            [(images, prompts.stage1_prompt(sample.query))]).items()}
+        examples.append(Trajectory(inputs, ids, answer, 0.0, None, "stage1", 0))
     model = policy.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = -completion_logprobs(model, example, "cpu").mean()
+    for step in range(steps):
+        loss = -completion_logprobs(model, examples[step % len(examples)], "cpu").mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -56,6 +56,7 @@ def taught_vlm_dir(tmp_path_factory, tiny_vlm_dir):
     from socio_reasoner.train.sft import teach_fixed_answer
 
     out = tmp_path_factory.mktemp("taught_vlm")
-    teach_fixed_answer(tiny_vlm_dir, out, TAUGHT_ANSWER, make_synthetic_sample("train", 0, size=128),
-                       steps=40)
+    # the train split the GRPO tests use (write_synthetic_socioseg, 128 px, seed 0)
+    samples = [make_synthetic_sample("train", k, size=128) for k in range(3)]
+    teach_fixed_answer(tiny_vlm_dir, out, TAUGHT_ANSWER, samples, steps=60, lr=5e-3)
     return out
