@@ -258,11 +258,25 @@ class StepClock:
             h.remove()
 
 
-def time_stage(vlm, clock: StepClock, images, text: str, tokens: int) -> dict:
-    """One forced-length answer, split into preprocess, prefill, vision and decode."""
+def time_stage(vlm, clock: StepClock | None, images, text: str, tokens: int) -> dict:
+    """One forced-length answer, split into preprocess, prefill, vision and decode.
+
+    Without a clock (``--compile``: per-step hooks would break the compiled decode graph)
+    the prefill is a separate 1-token answer and decode is the difference per token; the
+    vision tower is not timed."""
     from socio_reasoner.models.base import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=tokens, min_new_tokens=tokens)
+    if clock is None:
+        one = vlm.generate(images, text, GenerationConfig(max_new_tokens=1, min_new_tokens=1))
+        reply = vlm.generate(images, text, config)
+        pre, gen = reply.seconds["preprocess"], reply.seconds["generate"]
+        prefill = one.seconds["generate"]
+        decode = (gen - prefill) / (tokens - 1) if tokens > 1 else float("nan")
+        return {"preprocess": pre, "generate": gen, "prefill": prefill, "vision": float("nan"),
+                "decode_per_token": decode, "new_tokens": reply.new_tokens,
+                "forward_passes": reply.new_tokens, "prompt_tokens": reply.prompt_tokens,
+                "text_head": reply.text[:60]}
     clock.reset()
     cuda_sync(vlm.device)
     t0 = time.perf_counter()
@@ -314,6 +328,9 @@ def parse_args(argv=None):
                    help="keep the random models here and reuse them (default: a temp dir)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="TransformersVLM(compile_decode=True): static KV cache + compiled decode "
+                        "(CUDA only; the warm-up call pays the compilation)")
     return p.parse_args(argv)
 
 
@@ -373,11 +390,12 @@ def main(argv=None) -> int:
     build_peak = peak_rss_mb(children=True)
     payload: dict = {"config_check": {"rows": rows, **summary}, "vlm": label,
                      "tokens": args.tokens, "build_s": build_s, "build_peak_rss_mb": build_peak,
-                     "models_reused": reused}
+                     "models_reused": reused, "compile_decode": args.compile}
     try:
         mem: dict = {"start_rss_mb": rss_mb()}
         t0 = time.perf_counter()
-        vlm = TransformersVLM(root / "vlm", device=device, dtype=dtype, attn_implementation="sdpa")
+        vlm = TransformersVLM(root / "vlm", device=device, dtype=dtype, attn_implementation="sdpa",
+                              compile_decode=args.compile)
         cuda_sync(device)
         load = Timing([time.perf_counter() - t0])
         n_params = sum(p.numel() for p in vlm.model.parameters())
@@ -410,7 +428,7 @@ def main(argv=None) -> int:
         text2 = stage2_prompt(QUERY, answer_json(objs, with_points=False))
 
         # ---- 4. VLM stages
-        clock = StepClock(vlm)
+        clock = None if vlm.compile_decode else StepClock(vlm)
         print(f"\nstage 1 ({args.tokens} forced tokens)", flush=True)
         s1 = repeat_stage(vlm, clock, [map_f, sat_f], text1, args.tokens, args.repeats, args.warmup)
         if args.stage2 == "measure":
@@ -419,7 +437,8 @@ def main(argv=None) -> int:
                               args.warmup)
         else:
             s2 = dict(s1, reused_from_stage1=True)
-        clock.close()
+        if clock is not None:
+            clock.close()
         for s in (s1, s2):
             if s["new_tokens"] != args.tokens:
                 print(f"WARNING: asked for {args.tokens} tokens, got {s['new_tokens']}")
@@ -563,7 +582,8 @@ def main(argv=None) -> int:
         end_to_end=e2e, table_title=title, table=rows)
     tag = "bf16" if vlm.dtype == torch.bfloat16 else "fp32" if vlm.dtype == torch.float32 else \
         str(vlm.dtype).replace("torch.", "")
-    write_result(f"latency-{'small' if args.small else '3b'}-{tag}", payload, device, args)
+    write_result(f"latency-{'small' if args.small else '3b'}-{tag}"
+                 + ("-compiled" if vlm.compile_decode else ""), payload, device, args)
     return 0
 
 

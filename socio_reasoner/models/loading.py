@@ -18,7 +18,8 @@ def build_vlm(spec: dict):
         return ScriptedVLM(list(spec.get("vlm_answers") or []), float(spec.get("vlm_delay_s", 0)))
     from .vlm import TransformersVLM
 
-    return TransformersVLM(name, device=spec.get("device", "auto"), dtype=spec.get("dtype", "auto"))
+    return TransformersVLM(name, device=spec.get("device", "auto"), dtype=spec.get("dtype", "auto"),
+                           compile_decode=bool(spec.get("compile_decode", False)))
 
 
 def build_segmenter(spec: dict):

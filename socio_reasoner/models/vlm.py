@@ -21,6 +21,7 @@ from .base import GenerationConfig, VLMReply
 from .hub import resolve_model_dir
 
 PATCH = 14   # Qwen2.5-VL vision patch side in pixels; FACTOR = PATCH × 2 (spatial merge)
+STATIC_CACHE_STEP = 4096   # compile_decode: static KV cache lengths are multiples of this
 
 
 
@@ -70,11 +71,18 @@ class TransformersVLM:
         Passed to transformers (``"sdpa"``; ``"flash_attention_2"`` where installed).
     revision : str, optional
         Hub revision.
+    compile_decode : bool
+        CUDA only, off by default: decode with a static KV cache and a ``torch.compile``'d
+        forward (transformers' ``reduce-overhead`` mode, i.e. CUDA graphs), which removes
+        the per-token Python/launch overhead. The prefill stays eager. The cache is sized in
+        steps of `STATIC_CACHE_STEP` tokens so that prompts of different lengths reuse one
+        compiled graph; the first call of each size pays the compilation.
     """
 
     def __init__(self, model: str | os.PathLike, device: str = "auto", dtype="auto",
                  min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
-                 attn_implementation: str = "sdpa", revision: str | None = None):
+                 attn_implementation: str = "sdpa", revision: str | None = None,
+                 compile_decode: bool = False):
         path = resolve_model_dir(model, revision=revision)
         self.name = f"transformers:{model}"
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
@@ -98,13 +106,14 @@ class TransformersVLM:
         eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
         self._eos = [eos] if isinstance(eos, int) else list(eos)
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
+        self.compile_decode = bool(compile_decode) and self.device.startswith("cuda")
 
     def model_frame(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the model sees; a 768×768 tile becomes 756×756."""
         h, w = smart_resize(height, width, FACTOR, self.min_pixels, self.max_pixels)
         return w, h
 
-    def _gen_kwargs(self, config: GenerationConfig) -> dict:
+    def _gen_kwargs(self, config: GenerationConfig, prompt_len: int = 0) -> dict:
         """A complete transformers generation config, so hub defaults (e.g. repetition
         penalty, sampling) never leak into what the caller asked for."""
         from transformers import GenerationConfig as HFGenerationConfig
@@ -114,6 +123,10 @@ class TransformersVLM:
                     repetition_penalty=1.0, num_beams=1, use_cache=True)
         if config.do_sample:
             args.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+        if self.compile_decode:
+            need = prompt_len + config.max_new_tokens
+            step = STATIC_CACHE_STEP
+            args.update(cache_implementation="static", max_cache_len=-(-need // step) * step)
         return {"generation_config": HFGenerationConfig(**args)}
 
     def prepare(self, requests: list[tuple[list[np.ndarray], str]]):
@@ -175,7 +188,8 @@ class TransformersVLM:
         with torch.random.fork_rng(devices=self._rng_devices()), torch.inference_mode(), \
                 self._attention_kernels():
             torch.manual_seed(config.seed)
-            out = self.model.generate(**inputs, **self._gen_kwargs(config))
+            out = self.model.generate(**inputs, **self._gen_kwargs(
+                config, prompt_len=inputs["input_ids"].shape[1]))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()
