@@ -89,6 +89,7 @@ class SocioReasonerPlugin:
             self._disconnect(self.action.toggled, self._on_action_toggled)
         if self.dock is not None:
             self._disconnect(self.dock.openedStateChanged, self._on_dock_opened_changed)
+            self.dock.disconnect_project()
 
         if self.action is not None:
             self.iface.removeToolBarIcon(self.action)

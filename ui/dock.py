@@ -124,6 +124,8 @@ class SocioReasonerDock(QgsDockWidget):
         self.set_running(False)
         self.set_has_run(False)
         self.pick_default_layers()
+        # layers added later (a basemap, imagery) fill the pickers if they are still empty
+        QgsProject.instance().layersAdded.connect(self._layers_added)
 
     @staticmethod
     def _layer_combo(parent, name):
@@ -163,6 +165,17 @@ class SocioReasonerDock(QgsDockWidget):
                 if isinstance(layer, QgsRasterLayer) and layer is not self.map_combo.currentLayer():
                     self.sat_combo.setLayer(layer)
                     break
+
+    def _layers_added(self, _layers):
+        if self.map_combo.currentLayer() is None or self.sat_combo.currentLayer() is None:
+            self.pick_default_layers()
+
+    def disconnect_project(self):
+        """Stop following the project's layers (the plugin calls this on unload)."""
+        try:
+            QgsProject.instance().layersAdded.disconnect(self._layers_added)
+        except (TypeError, RuntimeError):
+            pass
 
     def _update_buttons(self, *_):
         ready = bool(self.query_edit.text().strip()) and self.sat_combo.currentLayer() is not None

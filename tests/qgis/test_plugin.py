@@ -278,3 +278,23 @@ def test_import_does_not_load_model_libraries(plugin_parent_dir, qgis_venv_pytho
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "LOADED []" in result.stdout
+
+
+def test_dock_defaults_to_a_basemap_added_later(plugin_package, qgis_app, qgis_new_project,
+                                                repo_root, tmp_path):
+    import shutil
+
+    from qgis.core import QgsProject, QgsRasterLayer
+    from socioreasoner.ui.dock import SocioReasonerDock
+
+    dock = SocioReasonerDock()
+    assert dock.map_combo.currentLayer() is None and dock.sat_combo.currentLayer() is None
+    osm = QgsRasterLayer("type=xyz&url=http://127.0.0.1:9/{z}/{x}/{y}.png&zmax=19&zmin=0",
+                         "OpenStreetMap", "wms")
+    shutil.copy(os.path.join(repo_root, "sample", "helsinki_sat.tif"), tmp_path / "sat.tif")
+    imagery = QgsRasterLayer(str(tmp_path / "sat.tif"), "imagery")
+    QgsProject.instance().addMapLayers([osm, imagery])
+    assert dock.map_combo.currentLayer() is osm
+    assert dock.sat_combo.currentLayer() is imagery
+    dock.disconnect_project()
+    dock.deleteLater()
