@@ -77,6 +77,8 @@ def scene(plugin_package, qgis_iface, qgis_canvas, tmp_path):
     qgis_iface.messageBar().clear_messages()
     yield controller, dock, project, existing
     controller.shutdown()
+    dock.disconnect_project()     # as the plugin's unload does; lets the dock go
+    dock.deleteLater()
     project.clear()
 
 
