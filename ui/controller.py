@@ -7,6 +7,7 @@ work runs in an ``EngineTask``; layers are created in the task's ``finished()``.
 
 import base64
 import json
+import os
 from dataclasses import dataclass, field
 
 from qgis.core import (
@@ -16,6 +17,7 @@ from qgis.core import (
     QgsGeometry,
     QgsPointXY,
     QgsProject,
+    QgsRasterLayer,
     QgsRectangle,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QObject, Qt, QThread, pyqtSignal
@@ -48,6 +50,7 @@ class Run:
     layers: object
     tiles: list = field(default_factory=list)   # (view_id, QgsRectangle extent)
     recapture: object = None                    # extent -> CaptureTile, if the worker forgot it
+    sat_file: dict | None = None                # {"path": ...} when the engine reads the file
 
 
 def merge_replies(replies: list[dict]) -> dict:
@@ -79,6 +82,16 @@ def merge_replies(replies: list[dict]) -> dict:
             out.append({"type": "Feature", "geometry": _geojson(part), "properties": props})
     merged["result"] = {"type": "FeatureCollection", "features": out}
     return merged
+
+
+def local_raster_spec(layer) -> dict | None:
+    """``{"path": file}`` when ``layer`` is a single-file GDAL raster on this machine."""
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return None
+    path = layer.source().split("|")[0]
+    if not os.path.isfile(path) or not layer.crs().isValid():
+        return None
+    return {"path": path}
 
 
 def _b64(png: bytes) -> str:
@@ -133,6 +146,7 @@ class Controller:
         self.run = None
         self.last_outcome = None
         self._on_main = MainThreadCall()
+        self.debug_params = {}      # extra ``run`` keys, e.g. {"return_images": True} in tests
         dock.find_requested.connect(self.find_in_view)
         dock.cancel_requested.connect(self.cancel)
         dock.refine_requested.connect(self.refine)
@@ -167,6 +181,9 @@ class Controller:
             return self._fail(str(exc))
         mode, n = self.settings.mode, len(plan.tiles)
         extents = []
+        # A local GDAL raster is read by the engine itself (GDAL warp onto the tile's grid),
+        # which places pixels more exactly than QGIS's on-the-fly raster reprojection.
+        sat_file = local_raster_spec(sat)
 
         def work(report, is_cancelled):
             report(0.0, tr("Starting the engine…"))
@@ -185,8 +202,8 @@ class Controller:
                     report(0.05 + 0.95 * (k + f) / n, f"{tr('tile')} {k + 1}/{n}: {m}")
                 replies.append(self.session.request("run", {
                     "query": query, "mode": mode, "grid": tile.grid,
-                    "sat": {"png_base64": _b64(tile.sat_png)},
-                    "map": {"png_base64": _b64(tile.map_png)}},
+                    "sat": sat_file or {"png_base64": _b64(tile.sat_png)},
+                    "map": {"png_base64": _b64(tile.map_png)}, **self.debug_params},
                     on_progress=progress, is_cancelled=is_cancelled))
                 extents.append(tile.extent)
             if not replies and not is_cancelled():
@@ -199,7 +216,7 @@ class Controller:
             tile_px, ctx = self.settings.tile_px, self.project.transformContext()
             self.run = Run(layers, [(r["view_id"], e) for r, e in zip(replies, extents, strict=True)],
                            lambda e: capture_tile(e, crs, [sat], [map_], tile_px, ctx, self.project,
-                                                  check_overlap=False))
+                                                  check_overlap=False), sat_file)
             self.dock.set_has_run(True)
             n_found = len(reply["result"]["features"])
             self._status(tr(f"Found {n_found} polygon(s) for '{query}'. Edit the boxes or points "
@@ -236,7 +253,7 @@ class Controller:
                     if run.recapture is None:
                         raise
                     tile = self._on_main(lambda v=view_id: run.recapture(extent_of[v]))
-                    params.update(grid=tile.grid, sat={"png_base64": _b64(tile.sat_png)},
+                    params.update(grid=tile.grid, sat=run.sat_file or {"png_base64": _b64(tile.sat_png)},
                                   map={"png_base64": _b64(tile.map_png)})
                     reply = self.session.request("refine", params, progress, is_cancelled)
                 replies.append(reply)

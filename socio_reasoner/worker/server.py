@@ -135,10 +135,13 @@ class Engine:
             "seconds": result.seconds,
             "sam_encodings": getattr(reasoner.segmenter, "encode_count", None),
         }
-        if params.get("return_mask"):
+        if params.get("return_mask") or params.get("return_images"):
             from .views import encode_png
 
             out["mask_png_base64"] = encode_png(result.mask.astype("uint8") * 255)
+            if params.get("return_images"):      # what the engine saw, on the view's grid
+                out["sat_png_base64"] = encode_png(view.sat.pixels)
+                out["map_png_base64"] = encode_png(view.map.pixels)
         return out
 
     def refine(self, params: dict, progress) -> dict:

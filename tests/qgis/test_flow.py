@@ -245,3 +245,58 @@ def test_large_view_runs_tile_by_tile_and_refines_an_evicted_tile(scene, tmp_pat
     assert type(wait_for(controller)).__name__ == "Success", controller.last_outcome
     after = sorted(f.geometry().boundingBox().xMinimum() for f in run.result.getFeatures())
     assert after[0] == pytest.approx(before[0] - 40, abs=3)
+
+
+@pytest.mark.parametrize("project_crs", ["EPSG:3857", "EPSG:4326"])
+def test_local_raster_reaches_the_engine_within_a_pixel(scene, tmp_path, project_crs):
+    """A GeoTIFF in EPSG:32635 under a project in another CRS: the engine reads the file
+    itself onto the tile's grid, and the pattern's corners land within one pixel."""
+    import base64
+
+    import numpy as np
+    from osgeo import gdal, osr
+    from qgis.core import QgsCoordinateTransform, QgsPointXY
+    from qgis.PyQt.QtGui import QImage
+
+    controller, dock, project, _ = scene
+    path = str(tmp_path / "pattern_32635.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 800, 800, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((385300, 1.0, 0, 6672900, 0, -1.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32635)
+    ds.SetProjection(srs.ExportToWkt())
+    data = np.zeros((800, 800), np.uint8)
+    data[300:420, 250:450] = 255                     # 200 × 120 m rectangle
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(data)
+    ds = None
+    layer = QgsRasterLayer(path, "pattern")
+    project.addMapLayer(layer)
+    dock.sat_combo.setLayer(layer)
+    target = QgsCoordinateReferenceSystem(project_crs)
+    project.setCrs(target)
+    canvas = controller.iface.mapCanvas()
+    canvas.setDestinationCrs(target)
+    to_3857 = QgsCoordinateTransform(layer.crs(), target, project)
+    # the offscreen canvas is ~3.5× wider than tall: a 200 m high view is one 768 px tile
+    view = to_3857.transformBoundingBox(QgsRectangle(385600, 6672400, 385800, 6672600))
+    canvas.setExtent(view)
+    controller.debug_params = {"return_images": True}
+    dock.query_edit.setText("school")
+    controller.find_in_view()
+    outcome = wait_for(controller)
+    assert type(outcome).__name__ == "Success", outcome
+    (reply,) = outcome.replies
+    img = QImage.fromData(base64.b64decode(reply["sat_png_base64"]))
+    w, h = img.width(), img.height()
+    gray_img = img.convertToFormat(QImage.Format.Format_Grayscale8)   # keep it alive
+    ptr = gray_img.constBits()
+    ptr.setsize(gray_img.bytesPerLine() * h)
+    gray = np.frombuffer(ptr, np.uint8).reshape(h, gray_img.bytesPerLine())[:, :w].copy()
+    rows, cols = np.nonzero(gray > 127)
+    a, _, c, _, e, f = reply["grid"]["transform"]
+    corners = [to_3857.transform(QgsPointXY(x, y)) for x, y in
+               [(385550, 6672600), (385750, 6672600), (385750, 6672480), (385550, 6672480)]]
+    px = [((p.x() - c) / a, (p.y() - f) / e) for p in corners]
+    assert abs(cols.min() - min(x for x, _ in px)) <= 1 and abs(cols.max() + 1 - max(x for x, _ in px)) <= 1
+    assert abs(rows.min() - min(y for _, y in px)) <= 1 and abs(rows.max() + 1 - max(y for _, y in px)) <= 1
