@@ -189,23 +189,35 @@ class Controller:
             report(0.0, tr("Starting the engine…"))
             self.session.ensure_loaded(lambda f, m: report(0.05 * f, m), is_cancelled)
             replies = []
-            for k in range(n):
-                if is_cancelled():
-                    break
-                # Rendering needs the main thread; one tile is held at a time, so memory
-                # stays flat however large the view, and QGIS stays responsive between tiles.
-                tile = self._on_main(lambda: next(tiles, None))
-                if tile is None:
+            batch_size = max(1, self.settings.tile_batch)
+            done = 0
+            while not is_cancelled():
+                # Rendering needs the main thread; at most one batch of tiles is held at a
+                # time, so memory stays flat however large the view, and QGIS stays
+                # responsive between tiles.
+                batch = []
+                while len(batch) < batch_size:
+                    tile = self._on_main(lambda: next(tiles, None))
+                    if tile is None:
+                        break
+                    batch.append(tile)
+                if not batch:
                     break
 
-                def progress(f, m, k=k):
-                    report(0.05 + 0.95 * (k + f) / n, f"{tr('tile')} {k + 1}/{n}: {m}")
-                replies.append(self.session.request("run", {
-                    "query": query, "mode": mode, "grid": tile.grid,
-                    "sat": sat_file or {"png_base64": _b64(tile.sat_png)},
-                    "map": {"png_base64": _b64(tile.map_png)}, **self.debug_params},
-                    on_progress=progress, is_cancelled=is_cancelled))
-                extents.append(tile.extent)
+                size = len(batch)
+
+                def progress(f, m, k=done, b=size):
+                    report(0.05 + 0.95 * (k + f * b) / n, f"{tr('tile')} {k + 1}/{n}: {m}")
+                views = [{"grid": t.grid, "sat": sat_file or {"png_base64": _b64(t.sat_png)},
+                          "map": {"png_base64": _b64(t.map_png)}} for t in batch]
+                params = {"query": query, "mode": mode, **self.debug_params}
+                # one tile: the single-view form; several: one VLM batch per stage
+                params.update(views[0] if len(views) == 1 else {"views": views})
+                reply = self.session.request("run", params, on_progress=progress,
+                                             is_cancelled=is_cancelled)
+                replies += reply["results"] if len(views) > 1 else [reply]
+                extents.extend(t.extent for t in batch)
+                done += len(batch)
             if not replies and not is_cancelled():
                 raise CaptureError(tr("No part of the view is covered by the satellite layer."))
             return replies

@@ -109,16 +109,25 @@ class Engine:
         return self.reasoner
 
     def run(self, params: dict, progress, cancel) -> dict:
+        """One view, or several (``params["views"]``: a list of {sat, map, grid, view_id})
+        answered in one VLM batch per stage; the reply then holds ``results`` in order."""
         query = str(params.get("query") or "").strip()
         if not query:
             raise ValueError("The query is empty: say what to find, for example 'school'.")
         mode = params.get("mode", "two-stage")
         reasoner = self._require_models()
         progress(0.0, "reading images")
-        view = load_view(params)
-        view_id = params.get("view_id") or uuid.uuid4().hex
-        result = reasoner.run(view.map.pixels, view.sat.pixels, query, mode=mode,
-                              progress=lambda f, m: progress(0.05 + 0.9 * f, m), cancel=cancel)
+        specs = params.get("views") or [params]
+        views = [load_view(spec) for spec in specs]
+        results = reasoner.run_batch([(v.map.pixels, v.sat.pixels, query) for v in views],
+                                     mode=mode, progress=lambda f, m: progress(0.05 + 0.9 * f, m),
+                                     cancel=cancel)
+        outs = [self._run_reply(spec, view, result, query, mode, params)
+                for spec, view, result in zip(specs, views, results, strict=True)]
+        return outs[0] if "views" not in params else {"results": outs}
+
+    def _run_reply(self, spec, view, result, query, mode, params) -> dict:
+        view_id = spec.get("view_id") or uuid.uuid4().hex
         self.views.put(view_id, view)
         self.last_view, self.last_result = view, result
         model = str(self.model_spec.get("vlm"))
@@ -133,7 +142,7 @@ class Engine:
                         "answer_text": s.parsed.answer_text, "problems": s.parsed.problems,
                         "scores": s.scores, "seconds": s.seconds} for s in result.stages],
             "seconds": result.seconds,
-            "sam_encodings": getattr(reasoner.segmenter, "encode_count", None),
+            "sam_encodings": getattr(self.reasoner.segmenter, "encode_count", None),
         }
         if params.get("return_mask") or params.get("return_images"):
             from .views import encode_png

@@ -132,3 +132,17 @@ def test_worker_crash_is_reported_with_its_log(tmp_path):
     missing = WorkerClient(python=tmp_path / "nope" / "python")
     with pytest.raises(WorkerError, match="engine environment was not found"):
         missing.start()
+
+
+def test_run_with_several_views_answers_each_in_order(view_params):
+    rng = np.random.default_rng(7)
+    other = dict(view_params, grid={**view_params["grid"], "transform": [1.0, 0.0, 386000.0, 0.0, -1.0, 6671768.0]},
+                 sat={"png_base64": png_b64(rng.integers(0, 256, (768, 768, 3), dtype=np.uint8))})
+    views = [{**view_params, "view_id": "a"}, {**other, "view_id": "b"}]
+    msgs = converse([protocol.request(1, "load", {**SCRIPTED, "vlm_answers": [S1, S1, S2, S2]}),
+                     protocol.request(2, "run", {"query": "school", "views": views})])
+    out = replies_by_id(msgs)[2]["result"]
+    assert [r["view_id"] for r in out["results"]] == ["a", "b"]
+    xs = [r["result"]["features"][0]["geometry"]["coordinates"][0][0][0] for r in out["results"]]
+    assert xs[1] - xs[0] == pytest.approx(1000.0)       # each on its own grid
+    assert out["results"][1]["sam_encodings"] == 2       # one encoding per view

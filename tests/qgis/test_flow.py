@@ -203,13 +203,15 @@ def test_tiny_real_models_through_the_dock(scene, tmp_path):
     assert QgsApplication.taskManager().countActiveTasks() == 0
 
 
-def test_large_view_runs_tile_by_tile_and_refines_an_evicted_tile(scene, tmp_path):
+@pytest.mark.parametrize("tile_batch", [1, 3])
+def test_large_view_runs_tile_by_tile_and_refines_an_evicted_tile(scene, tmp_path, tile_batch):
     """Many tiles: captured one at a time during the task; refining the first tile after the
     worker has forgotten it (it keeps four views) re-sends that tile's capture."""
     import numpy as np
     from osgeo import gdal, osr
 
     controller, dock, project, _ = scene
+    controller.settings.tile_batch = tile_batch          # 3: tiles go to the VLM in batches
     path = str(tmp_path / "wide.tif")
     ds = gdal.GetDriverByName("GTiff").Create(path, 1800, 600, 3, gdal.GDT_Byte)
     ds.SetGeoTransform((2776000, 4.0, 0, 8439600, 0, -4.0))       # 7200 × 2400 map units
