@@ -49,6 +49,10 @@ class SettingsDialog(QDialog):
         self.timeout.setRange(10, 24 * 3600)
         self.timeout.setSuffix(" s")
         self.timeout.setValue(settings.timeout_s)
+        self.tile_batch = QSpinBox()
+        self.tile_batch.setRange(1, 64)
+        self.tile_batch.setValue(settings.tile_batch)
+        self.tile_batch.setToolTip(tr("Tiles per model batch in large views: 4-16 on a GPU, 1 on a CPU"))
         self.offline = QCheckBox(tr("Offline: use only downloaded weights"))
         self.offline.setChecked(settings.offline)
         hint = QLabel(tr("The engine runs in its own Python environment (build it with "
@@ -65,6 +69,7 @@ class SettingsDialog(QDialog):
         form.addRow(self.sampling)
         form.addRow(tr("Max answer tokens"), self.max_tokens)
         form.addRow(tr("Timeout per request"), self.timeout)
+        form.addRow(tr("Tiles per batch"), self.tile_batch)
         form.addRow(self.offline)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
                                    | QDialogButtonBox.StandardButton.Cancel)
@@ -85,5 +90,6 @@ class SettingsDialog(QDialog):
         s.sampling = self.sampling.isChecked()
         s.max_new_tokens = self.max_tokens.value()
         s.timeout_s = self.timeout.value()
+        s.tile_batch = self.tile_batch.value()
         s.offline = self.offline.isChecked()
         s.save()
