@@ -352,8 +352,11 @@ def capture_tile(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem,
                  tile_px: int = DEFAULT_TILE_PX,
                  transform_context: QgsCoordinateTransformContext | None = None,
                  project: QgsProject | None = None,
-                 check_overlap: bool = True) -> CaptureTile:
+                 check_overlap: bool = True, render_sat: bool = True) -> CaptureTile:
     """Render ``extent`` of the satellite and map layers onto one ``tile_px`` square grid.
+
+    With ``render_sat=False`` only the map is drawn (``sat_png`` is empty): for imagery the
+    engine reads from its file onto ``grid`` itself.
 
     Layers are listed top first. Map layers are drawn with labels on white, satellite
     layers without labels on black. At least one layer of each list must overlap the
@@ -384,27 +387,30 @@ def capture_tile(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem,
     if grid_of(map_settings)[0] != grid:  # same inputs, so this would be a QGIS bug
         raise CaptureError("The map and satellite renders disagree on the grid.")
 
-    jobs = [QgsMapRendererParallelJob(sat_settings), QgsMapRendererParallelJob(map_settings)]
+    roles = ([("satellite", sat_settings)] if render_sat else []) + [("map", map_settings)]
+    jobs = [QgsMapRendererParallelJob(settings) for _, settings in roles]
     for job in jobs:
         job.start()
     for job in jobs:
         job.waitForFinished()
-    images = [job.renderedImage() for job in jobs]
-    for image in images:
+    pngs, warnings = {}, []
+    for (role, _), job in zip(roles, jobs, strict=True):
+        image = job.renderedImage()
         if image.isNull() or image.width() != tile_px or image.height() != tile_px:
             raise CaptureError(f"QGIS rendered a {image.width()}×{image.height()} image, "
                                f"expected {tile_px}×{tile_px}.")
-    warnings = _errors(jobs[0], "satellite", project) + _errors(jobs[1], "map", project)
+        pngs[role] = _png_rgb(image)
+        warnings += _errors(job, role, project)
     for message in warnings:
         QgsMessageLog.logMessage(message, LOG_TAG, Qgis.MessageLevel.Warning)
-    return CaptureTile(_png_rgb(images[0]), _png_rgb(images[1]), grid, visible, warnings)
+    return CaptureTile(pngs.get("satellite", b""), pngs["map"], grid, visible, warnings)
 
 
 def capture_view(plan: CapturePlan, sat_layers: list[QgsMapLayer],
                  map_layers: list[QgsMapLayer],
                  transform_context: QgsCoordinateTransformContext | None = None,
                  project: QgsProject | None = None,
-                 skip_uncovered: bool = True) -> Iterator[CaptureTile]:
+                 skip_uncovered: bool = True, render_sat: bool = True) -> Iterator[CaptureTile]:
     """Capture every tile of ``plan``, top-left first.
 
     The layers are checked against the whole view before the first tile (so a wrong
@@ -424,6 +430,6 @@ def capture_view(plan: CapturePlan, sat_layers: list[QgsMapLayer],
                     _layer_overlaps(layer, tile, plan.crs, context) for layer in sat_layers):
                 continue
             yield capture_tile(tile, plan.crs, sat_layers, map_layers, plan.tile_px, context,
-                               project, check_overlap=False)
+                               project, check_overlap=False, render_sat=render_sat)
 
     return tiles()

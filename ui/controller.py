@@ -173,17 +173,18 @@ class Controller:
                     tr("Large view"), tr(f"The view will be cut into {len(plan.tiles)} tiles; "
                                          "each takes one model run. Continue?")):
                 return self._status(tr("Cancelled: zoom in for a faster run."))
+            # A local GDAL raster is read by the engine itself (GDAL warp onto the tile's
+            # grid), which places pixels more exactly than QGIS's on-the-fly raster
+            # reprojection; then QGIS renders only the map.
+            sat_file = local_raster_spec(sat)
             # Checks the layers now; each tile is rendered only when the task asks for it.
             tiles = capture_view(plan, [sat], [map_],
                                  transform_context=self.project.transformContext(),
-                                 project=self.project)
+                                 project=self.project, render_sat=sat_file is None)
         except CaptureError as exc:
             return self._fail(str(exc))
         mode, n = self.settings.mode, len(plan.tiles)
         extents = []
-        # A local GDAL raster is read by the engine itself (GDAL warp onto the tile's grid),
-        # which places pixels more exactly than QGIS's on-the-fly raster reprojection.
-        sat_file = local_raster_spec(sat)
 
         def work(report, is_cancelled):
             report(0.0, tr("Starting the engine…"))
@@ -228,7 +229,8 @@ class Controller:
             tile_px, ctx = self.settings.tile_px, self.project.transformContext()
             self.run = Run(layers, [(r["view_id"], e) for r, e in zip(replies, extents, strict=True)],
                            lambda e: capture_tile(e, crs, [sat], [map_], tile_px, ctx, self.project,
-                                                  check_overlap=False), sat_file)
+                                                  check_overlap=False,
+                                                  render_sat=sat_file is None), sat_file)
             self.dock.set_has_run(True)
             n_found = len(reply["result"]["features"])
             self._status(tr(f"Found {n_found} polygon(s) for '{query}'. Edit the boxes or points "

@@ -95,11 +95,11 @@ class GRPOTrainer:
                     r=config.lora_rank, lora_alpha=config.lora_alpha,
                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
             self.reference = None       # the adapters disabled are the reference
+        elif resume:                    # the reference stays the starting weights
+            self.reference = TransformersVLM(config.model, device=str(self.acc.device),
+                                             dtype=config.dtype).model.eval().requires_grad_(False)
         else:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-            if resume:                  # the reference stays the starting weights
-                self.reference = TransformersVLM(config.model, device=str(self.acc.device),
-                                                 dtype=config.dtype).model.requires_grad_(False)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=config.lr, weight_decay=config.weight_decay)
@@ -158,30 +158,31 @@ class GRPOTrainer:
                 return completion_logprobs(self.policy.model, traj, self.acc.device, self.config.temperature)
 
     def train_step(self, samples) -> dict:
-        """Rollout, then one clipped policy update on the whole batch of trajectories."""
-        import torch
+        """Rollout, then one clipped policy update on the whole batch of trajectories.
+
+        One update per rollout (the recipe's), so the sampling policy's log-probs are the
+        current ones detached: the ratio is 1 in value and the clip never binds, but its
+        gradient is the policy gradient; no separate "old" forward pass is needed.
+        """
 
         c = self.config
         t0 = time.perf_counter()
         trajectories = self.rollout(samples)
         t1 = time.perf_counter()
-        for traj in trajectories:
-            with torch.no_grad():
-                traj.old_logprobs = completion_logprobs(self.model, traj, self.acc.device, c.temperature)
+        scored = [t for t in trajectories if len(t.completion_ids)]
+        for traj in scored:
             traj.ref_logprobs = self._reference_logprobs(traj)
-        n_tokens = max(1, sum(len(t.completion_ids) for t in trajectories))
+        n_tokens = max(1, sum(len(t.completion_ids) for t in scored))
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, kl_sum = 0.0, 0.0
-        for i, traj in enumerate(trajectories):
-            if len(traj.completion_ids) == 0:
-                continue
+        for i, traj in enumerate(scored):
             # gradients are synchronised across processes only on the last backward
-            last = i == len(trajectories) - 1
+            last = i == len(scored) - 1
             ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
             with ctx:
                 new_lp = completion_logprobs(self.model, traj, self.acc.device, c.temperature)
-                per_token, kl = policy_loss(new_lp, traj.old_logprobs, traj.ref_logprobs,
+                per_token, kl = policy_loss(new_lp, new_lp.detach(), traj.ref_logprobs,
                                             traj.advantage, c.clip_eps, c.kl_coef)
                 loss = per_token.sum() / n_tokens       # token-level mean over the step
                 self.acc.backward(loss)

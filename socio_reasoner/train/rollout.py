@@ -42,7 +42,6 @@ class Trajectory:
     group: int                   # trajectories of one group share the advantage baseline
     digest: str = ""             # pixel_digest(inputs) when the tokens were sampled
     advantage: float = 0.0
-    old_logprobs: object = None  # filled by the trainer before the update
     ref_logprobs: object = None
     extras: dict = field(default_factory=dict)
 
