@@ -72,6 +72,8 @@ _WKT = (Qgis.CrsWktVariant.Preferred if hasattr(Qgis, "CrsWktVariant")
         else QgsCoordinateReferenceSystem.WktVariant.WKT_PREFERRED)
 _METERS = (Qgis.DistanceUnit.Meters if hasattr(Qgis, "DistanceUnit")
            else QgsUnitTypes.DistanceUnit.DistanceMeters)
+_SQUARE_METERS = (Qgis.AreaUnit.SquareMeters if hasattr(Qgis, "AreaUnit")
+                  else QgsUnitTypes.AreaUnit.AreaSquareMeters)
 
 
 class CaptureError(Exception):
@@ -191,6 +193,25 @@ def _check_main_thread() -> None:
 
 # ------------------------------------------------------------------------------ plan
 
+def ground_measure(crs: QgsCoordinateReferenceSystem,
+                   transform_context: QgsCoordinateTransformContext | None = None
+                   ) -> QgsDistanceArea:
+    """Distances and areas on ``crs``'s ellipsoid (WGS 84's when it names none), whatever
+    the project's ellipsoid setting: "NONE" would measure planar map units, 4× too large
+    in Web Mercator at 60° N."""
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(crs, transform_context or QgsProject.instance().transformContext())
+    if not measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030"):
+        measure.setEllipsoid("EPSG:7030")
+    return measure
+
+
+def area_m2(measure: QgsDistanceArea, geometry) -> float:
+    """Ground area of ``geometry`` in m² with a measure from `ground_measure`."""
+    return measure.measureArea(geometry) * QgsUnitTypes.fromUnitToUnitFactor(
+        measure.areaUnits(), _SQUARE_METERS)
+
+
 def ground_m_per_map_unit(extent: QgsRectangle, crs: QgsCoordinateReferenceSystem,
                           transform_context: QgsCoordinateTransformContext | None = None
                           ) -> float:
@@ -201,11 +222,7 @@ def ground_m_per_map_unit(extent: QgsRectangle, crs: QgsCoordinateReferenceSyste
     """
     _check_extent(extent)
     _check_crs(crs)
-    context = transform_context or QgsProject.instance().transformContext()
-    measure = QgsDistanceArea()
-    measure.setSourceCrs(crs, context)
-    if not measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030"):
-        measure.setEllipsoid("EPSG:7030")
+    measure = ground_measure(crs, transform_context)
     c = extent.center()
     w, h = extent.width(), extent.height()
     try:

@@ -24,7 +24,14 @@ from qgis.PyQt.QtCore import QCoreApplication, QObject, Qt, QThread, pyqtSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
 from ..socio_reasoner.errors import UnknownViewError
-from .capture import CaptureError, capture_tile, capture_view, plan_capture
+from .capture import (
+    CaptureError,
+    area_m2,
+    capture_tile,
+    capture_view,
+    ground_measure,
+    plan_capture,
+)
 from .export import ExportError, export_layer
 from .layers import (
     add_run_layers,
@@ -53,9 +60,10 @@ class Run:
     sat_file: dict | None = None                # {"path": ...} when the engine reads the file
 
 
-def merge_replies(replies: list[dict]) -> dict:
+def merge_replies(replies: list[dict], transform_context=None) -> dict:
     """One reply from the replies of overlapping tiles: prompts are concatenated (box ids
-    renumbered), and result polygons that overlap across tiles are dissolved into one."""
+    renumbered), and result polygons that overlap across tiles are dissolved into one,
+    whose ``area_m2`` is measured again on the ellipsoid."""
     if len(replies) == 1:
         return replies[0]
     merged = {**replies[0], "boxes": {"type": "FeatureCollection", "features": []},
@@ -73,12 +81,15 @@ def merge_replies(replies: list[dict]) -> dict:
     geoms = [geometry_from_geojson(f["geometry"]) for f in feats]
     out = []
     if geoms:
+        measure = ground_measure(QgsCoordinateReferenceSystem.fromWkt(replies[0]["crs"]),
+                                 transform_context)
         union = QgsGeometry.unaryUnion(geoms)
         for part in union.asGeometryCollection() if union.isMultipart() else [union]:
             # attributes of the largest source polygon inside this dissolved part
             src = max((i for i, g in enumerate(geoms) if g.intersects(part)),
                       key=lambda i: geoms[i].area(), default=0)
-            props = {**feats[src]["properties"], "area_m2": None}
+            props = {**feats[src]["properties"],
+                     "area_m2": round(area_m2(measure, part), 2)}
             out.append({"type": "Feature", "geometry": _geojson(part), "properties": props})
     merged["result"] = {"type": "FeatureCollection", "features": out}
     return merged
@@ -224,7 +235,7 @@ class Controller:
             return replies
 
         def succeeded(replies):
-            reply = merge_replies(replies)
+            reply = merge_replies(replies, self.project.transformContext())
             layers = add_run_layers(self.project, reply, query, self.settings.vlm)
             tile_px, ctx = self.settings.tile_px, self.project.transformContext()
             self.run = Run(layers, [(r["view_id"], e) for r, e in zip(replies, extents, strict=True)],
@@ -274,7 +285,8 @@ class Controller:
             return replies
 
         def succeeded(replies):
-            update_result_layer(self.run.layers, merge_replies(replies))
+            update_result_layer(self.run.layers,
+                                merge_replies(replies, self.project.transformContext()))
             n = self.run.layers.result.featureCount()
             self._status(tr(f"Refined: {n} polygon(s)."), Qgis.MessageLevel.Success)
 

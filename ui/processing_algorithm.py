@@ -60,7 +60,6 @@ import threading
 
 from qgis.core import (
     Qgis,
-    QgsDistanceArea,
     QgsFeature,
     QgsFeatureSink,
     QgsProcessing,
@@ -74,7 +73,6 @@ from qgis.core import (
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterString,
     QgsProject,
-    QgsUnitTypes,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QThread
@@ -121,8 +119,6 @@ _RASTER = _enum("ProcessingSourceType", "Raster", getattr(QgsProcessing, "TypeRa
 _POLYGONS = _enum("ProcessingSourceType", "VectorPolygon",
                   getattr(QgsProcessing, "TypeVectorPolygon", None))
 _MULTIPOLYGON = _enum("WkbType", "MultiPolygon", getattr(QgsWkbTypes, "MultiPolygon", None))
-_SQUARE_METERS = _enum("AreaUnit", "SquareMeters",
-                       getattr(QgsUnitTypes, "AreaSquareMeters", None))
 _FAST_INSERT = QgsFeatureSink.Flag.FastInsert
 
 
@@ -385,7 +381,7 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
 
         replies = self._run_engine(tiles, query, mode, settings, feedback)
-        reply = merge_replies(replies)
+        reply = merge_replies(replies, context.transformContext())
         features = self._features(reply, fields, query, crs, context)
         for feature in features:
             if not sink.addFeature(feature, _FAST_INSERT):
@@ -490,15 +486,6 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     def _features(reply, fields, query, crs, context):
         """The reply's result polygons as features of ``fields`` (the result schema)."""
-        # Ground m² like the engine's area_m2: on an ellipsoid even where the project has
-        # none ("NONE" would measure planar map units, 4× too large in Web Mercator at 60°).
-        measure = QgsDistanceArea()
-        measure.setSourceCrs(crs, context.transformContext())
-        ellipsoid = context.ellipsoid()
-        if not ellipsoid or ellipsoid.upper() == "NONE" or not measure.setEllipsoid(ellipsoid):
-            if not measure.setEllipsoid(crs.ellipsoidAcronym() or "EPSG:7030"):
-                measure.setEllipsoid("EPSG:7030")
-        to_m2 = QgsUnitTypes.fromUnitToUnitFactor(measure.areaUnits(), _SQUARE_METERS)
         defaults = {"query": query}
         out = []
         for item in (reply.get("result") or {}).get("features", []):
@@ -508,8 +495,6 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
             geom.convertToMultiType()
             props = {**defaults, **{k: v for k, v in (item.get("properties") or {}).items()
                                     if v is not None}}
-            if props.get("area_m2") is None:     # a polygon dissolved across tiles
-                props["area_m2"] = round(measure.measureArea(geom) * to_m2, 2)
             feature = QgsFeature(fields)
             feature.setGeometry(geom)
             for name, kind in RESULT_FIELDS:

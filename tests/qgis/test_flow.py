@@ -234,6 +234,9 @@ def test_large_view_runs_tile_by_tile_and_refines_an_evicted_tile(scene, tmp_pat
     assert n_tiles >= 5, n_tiles
     run = controller.run.layers
     assert run.result.featureCount() >= n_tiles - 1          # one box per tile (some may merge)
+    # merged across tiles, each polygon is measured again: ~120×80 frame px ≈ 2.1 m² a px
+    areas = [f["area_m2"] for f in run.result.getFeatures()]
+    assert all(a is not None and 5_000 < a < 40_000 for a in areas), areas
 
     first_extent = controller.run.tiles[0][1]
     run.boxes.startEditing()
