@@ -133,13 +133,7 @@ class SocioReasoner:
     def segment(self, object_prompts: list[ObjectPrompt], use_points: bool
                 ) -> tuple[list[np.ndarray], list[float]]:
         """One SAM prediction per prompt on the current image (model-frame pixels)."""
-        masks, scores = [], []
-        for p in object_prompts:
-            pts = np.asarray(p.points_xy, float).reshape(-1, 2) if use_points and p.points_xy else None
-            m, s = self.segmenter.predict(box_xyxy=np.asarray(p.box_xyxy, float), points_xy=pts)
-            masks.append(m.astype(bool))
-            scores.append(float(s))
-        return masks, scores
+        return segment_prompts(self.segmenter, object_prompts, use_points)
 
     # ------------------------------------------------------------------ stages
     def _generate(self, requests: list[tuple[list[np.ndarray], str]]) -> list:
@@ -161,9 +155,7 @@ class SocioReasoner:
                                   max_objects=self.max_objects)
             self.set_image(item.sat_f)
             masks, scores = self.segment(parsed.prompts, use_points)
-            union = np.zeros((fh, fw), bool)
-            for m in masks:
-                union |= m
+            union = union_of(masks, (fh, fw))
             seconds = {"vlm": vlm_s, "sam_decode": time.perf_counter() - t1,
                        **{f"vlm_{k}": v for k, v in reply.seconds.items()}}
             item.stages.append(StageResult(name, text, reply.text, parsed, masks, scores, union, seconds))
@@ -242,12 +234,8 @@ class SocioReasoner:
         return results
 
     def _stage2_request(self, item: _Item) -> tuple[list[np.ndarray], str]:
-        """Stage 1's mask and boxes drawn on both images, and its raw answer in the text."""
         s1 = item.stages[0]
-        boxes = [p.box_xyxy for p in s1.prompts]
-        images = [draw_feedback(item.map_f, s1.mask, boxes), draw_feedback(item.sat_f, s1.mask, boxes)]
-        boxes_json = s1.parsed.answer_text or answer_json(s1.prompts, with_points=False)
-        return images, prompts.stage2_prompt(item.query, boxes_json)
+        return stage2_request(item.query, item.map_f, item.sat_f, s1.parsed, s1.mask)
 
     def refine(self, sat_image: np.ndarray, object_prompts: list[ObjectPrompt]
                ) -> tuple[np.ndarray, list[np.ndarray], list[float]]:
@@ -261,10 +249,38 @@ class SocioReasoner:
         self.set_image(resize_rgb(sat_image, *frame.frame_wh))
         masks, scores = self.segment(object_prompts, use_points=True)
         tile_masks = [resize_mask(m, w, h) for m in masks]
-        union = np.zeros((h, w), bool)
-        for m in tile_masks:
-            union |= m
-        return union, tile_masks, scores
+        return union_of(tile_masks, (h, w)), tile_masks, scores
+
+
+def segment_prompts(segmenter, object_prompts: list[ObjectPrompt], use_points: bool
+                    ) -> tuple[list[np.ndarray], list[float]]:
+    """One SAM prediction per prompt on the segmenter's current image (frame pixels);
+    the pipeline and the training rollout both go through here."""
+    masks, scores = [], []
+    for p in object_prompts:
+        pts = np.asarray(p.points_xy, float).reshape(-1, 2) if use_points and p.points_xy else None
+        m, s = segmenter.predict(box_xyxy=np.asarray(p.box_xyxy, float), points_xy=pts)
+        masks.append(m.astype(bool))
+        scores.append(float(s))
+    return masks, scores
+
+
+def union_of(masks: list[np.ndarray], shape_hw: tuple[int, int]) -> np.ndarray:
+    """The OR of object masks (H×W bool; all False when there are none)."""
+    union = np.zeros(shape_hw, bool)
+    for m in masks:
+        union |= m
+    return union
+
+
+def stage2_request(query: str, map_f: np.ndarray, sat_f: np.ndarray, parsed: ParsedAnswer,
+                   mask: np.ndarray) -> tuple[list[np.ndarray], str]:
+    """Stage 1's mask and boxes drawn on both images, and its raw answer in the text."""
+    boxes = [p.box_xyxy for p in parsed.prompts]
+    images = [draw_feedback(map_f, mask, boxes), draw_feedback(sat_f, mask, boxes)]
+    boxes_json = parsed.answer_text if parsed.answer_text is not None else answer_json(
+        parsed.prompts, with_points=False)
+    return images, prompts.stage2_prompt(query, boxes_json)
 
 
 def _check(cancel: CancelFn | None) -> None:

@@ -9,15 +9,16 @@ the loss pass feeds those very tensors back (``check_pixels`` guards it).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import prompts
 from ..frames import ModelFrame
 from ..models.base import GenerationConfig
-from ..parsing import answer_json, parse_answer
-from ..render import draw_feedback, resize_mask, resize_rgb
+from ..parsing import parse_answer
+from ..pipeline import segment_prompts, stage2_request, union_of
+from ..render import resize_mask, resize_rgb
 from .rewards import stage1_reward, stage2_reward, truth_boxes
 
 
@@ -43,7 +44,6 @@ class Trajectory:
     digest: str = ""             # pixel_digest(inputs) when the tokens were sampled
     advantage: float = 0.0
     ref_logprobs: object = None
-    extras: dict = field(default_factory=dict)
 
 
 def _row(inputs: dict, i: int, n_images_per_row: int) -> dict:
@@ -81,12 +81,7 @@ def sample_answers(policy, requests: list[tuple[list[np.ndarray], str]],
 
 
 def _segment(segmenter, parsed, use_points: bool, frame_hw) -> np.ndarray:
-    mask = np.zeros(frame_hw, bool)
-    for p in parsed.prompts:
-        pts = np.asarray(p.points_xy, float).reshape(-1, 2) if use_points and p.points_xy else None
-        m, _ = segmenter.predict(box_xyxy=np.asarray(p.box_xyxy, float), points_xy=pts)
-        mask |= m
-    return mask
+    return union_of(segment_prompts(segmenter, parsed.prompts, use_points)[0], frame_hw)
 
 
 def rollout_sample(policy, segmenter, sample, group_size: int, config: GenerationConfig,
@@ -109,29 +104,26 @@ def rollout_sample(policy, segmenter, sample, group_size: int, config: Generatio
     text1 = prompts.stage1_prompt(sample.query)
     out = []
     stage1 = []
-    for k, (inputs, ids, text) in enumerate(
-            sample_answers(policy, [([map_f, sat_f], text1)] * group_size, _seeded(config, 0))):
+    for inputs, ids, text in sample_answers(policy, [([map_f, sat_f], text1)] * group_size,
+                                            _seeded(config, 0)):
         parsed = parse_answer(text, frame.frame_wh)
         breakdown = stage1_reward(text, t_boxes, variant=reward_variant)
         traj = Trajectory(inputs, ids, text, breakdown.total, breakdown, "stage1", group_base,
-                          pixel_digest(inputs), extras={"index": k})
+                          pixel_digest(inputs))
         stage1.append((traj, parsed))
         out.append(traj)
 
-    if stage2_sampling == "best_of_stage1":
-        best = max(stage1, key=lambda tp: tp[0].reward)
-        sources = [best] * group_size
-    else:
-        sources = stage1
-    requests, kept = [], []
-    for _traj, parsed in sources:
-        boxes = [p.box_xyxy for p in parsed.prompts]
+    def request(parsed):
         mask1 = _segment(segmenter, parsed, False, (fh, fw))
-        images = [draw_feedback(map_f, mask1, boxes), draw_feedback(sat_f, mask1, boxes)]
-        boxes_json = parsed.answer_text if parsed.answer_text is not None else answer_json(
-            parsed.prompts, with_points=False)
-        requests.append((images, prompts.stage2_prompt(sample.query, boxes_json)))
-        kept.append(boxes)
+        return stage2_request(sample.query, map_f, sat_f, parsed, mask1)
+
+    if stage2_sampling == "best_of_stage1":   # G continuations of one answer: render it once
+        best = max(stage1, key=lambda tp: tp[0].reward)[1]
+        requests = [request(best)] * group_size
+        kept = [[p.box_xyxy for p in best.prompts]] * group_size
+    else:
+        requests = [request(parsed) for _, parsed in stage1]
+        kept = [[p.box_xyxy for p in parsed.prompts] for _, parsed in stage1]
     for (inputs, ids, text), boxes in zip(
             sample_answers(policy, requests, _seeded(config, 1)), kept, strict=True):
         parsed2 = parse_answer(text, frame.frame_wh, expect_points=True)

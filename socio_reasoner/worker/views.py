@@ -25,6 +25,7 @@ from ..geo.measure import area_m2
 from ..geo.raster import is_georeferenced, read_image, read_to_grid
 from ..geo.vectorize import labels_to_polygons
 from ..parsing import ObjectPrompt
+from ..pipeline import union_of
 
 # The attributes of every result polygon, in order (the plugin's result layer has the same).
 RESULT_SCHEMA = {"query": str, "box_id": int, "area_m2": float, "model": str, "stage": str,
@@ -105,10 +106,7 @@ def result_features(view: View, object_masks: list[np.ndarray], query: str, stag
     """A GeoJSON FeatureCollection of the OR of ``object_masks`` (tile size), one feature
     per connected polygon, tagged with the prompt (``box_id``) that covers most of it."""
     grid = view.grid
-    union = np.zeros(grid.shape, bool)
-    for m in object_masks:
-        union |= m
-    components, n = ndimage.label(union)     # 4-connected, as GDAL polygonizes
+    components, n = ndimage.label(union_of(object_masks, grid.shape))     # 4-connected, as GDAL polygonizes
     box_of = np.zeros(n + 1, np.int32)
     if n:
         overlap = np.stack([ndimage.sum_labels(m, components, np.arange(1, n + 1))
