@@ -109,10 +109,10 @@ def _write_overlay(engine, path, overwrite: bool) -> None:
     from .render import draw_feedback, draw_points
 
     view, run = engine.last_view, engine.last_result
-    fx, fy = run.frame.scale_xy
-    boxes = [(b[0] * fx, b[1] * fy, b[2] * fx, b[3] * fy) for b in (p.box_xyxy for p in run.final.prompts)]
+    boxes = [run.frame.box_frame_to_tile(p.box_xyxy) for p in run.final.prompts]
     img = draw_feedback(view.sat.pixels, run.mask, boxes)
-    pts = [(x * fx, y * fy) for p in run.final.prompts for x, y in p.points_xy]
+    pts = [tuple(xy) for p in run.final.prompts if p.points_xy
+           for xy in run.frame.frame_to_tile(p.points_xy)]
     img = draw_points(img, pts) if pts else img
     with atomic_target(path, overwrite=overwrite) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
