@@ -133,16 +133,12 @@ _busy = threading.Lock()       # held while a run talks to the engine
 
 
 def engine_session(settings: EngineSettings) -> EngineSession:
-    """The module's engine session, switched to ``settings`` (restarted if the engine
-    Python or the offline flag changed; models reload when the model spec changed)."""
+    """The module's engine session, switched to ``settings`` (the session restarts its
+    worker when the engine Python or the offline flag changed)."""
     global _session
-    if _session is not None:
-        old = _session.settings
-        if (old.python_path(), old.offline) != (settings.python_path(), settings.offline):
-            _session.shutdown()
-        _session.settings = settings
-    else:
+    if _session is None:
         _session = EngineSession(settings)
+    _session.settings = settings
     return _session
 
 

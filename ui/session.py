@@ -15,14 +15,18 @@ class EngineSession:
     def __init__(self, settings):
         self.settings = settings
         self._client = None
+        self._started_with = None   # (python, offline) the running worker was started with
         self._loaded_spec = None
 
     def client(self) -> WorkerClient:
-        python = self.settings.python_path()
-        if self._client is None or str(self._client.python) != python:
+        """The worker, restarted when the engine Python or the offline flag changed (both
+        are fixed at process start); a model change only reloads models."""
+        wanted = (self.settings.python_path(), self.settings.offline)
+        if self._client is None or self._started_with != wanted:
             self.shutdown()
             env = {"HF_HUB_OFFLINE": "1"} if self.settings.offline else {}
-            self._client = WorkerClient(python, env=env)
+            self._client = WorkerClient(wanted[0], env=env)
+            self._started_with = wanted
         return self._client
 
     def ensure_loaded(self, on_progress=None, is_cancelled=None) -> dict:
@@ -51,4 +55,5 @@ class EngineSession:
         if self._client is not None:
             self._client.stop()
         self._client = None
+        self._started_with = None
         self._loaded_spec = None

@@ -21,7 +21,8 @@ from pathlib import Path
 from ..errors import CancelledError, WorkerError, from_code
 from . import protocol
 
-ENGINE_ROOT = Path(__file__).resolve().parents[2]   # the folder that holds socio_reasoner/
+ENGINE_ROOT = Path(__file__).resolve().parents[2]
+_CLIENTS = itertools.count(1)   # one log file per client, even within one QGIS process   # the folder that holds socio_reasoner/
 
 
 def default_engine_python(root: Path = ENGINE_ROOT) -> Path:
@@ -48,7 +49,7 @@ class WorkerClient:
         self.root = Path(root)
         self.env = env or {}
         self.log_path = Path(log_path) if log_path else Path(
-            tempfile.gettempdir()) / f"socio-reasoner-worker-{os.getpid()}.log"
+            tempfile.gettempdir()) / f"socio-reasoner-worker-{os.getpid()}-{next(_CLIENTS)}.log"
         self._proc: subprocess.Popen | None = None
         self._ids = itertools.count(1)
         self._inbox: queue.Queue = queue.Queue()
