@@ -105,6 +105,13 @@ def local_raster_spec(layer) -> dict | None:
     return {"path": path}
 
 
+def tile_view(tile, sat_file: dict | None = None) -> dict:
+    """A captured tile as the worker's view parameters: grid, map image, and the satellite
+    image, or the file the engine reads itself."""
+    return {"grid": tile.grid, "sat": sat_file or {"png_base64": _b64(tile.sat_png)},
+            "map": {"png_base64": _b64(tile.map_png)}}
+
+
 def _b64(png: bytes) -> str:
     return base64.b64encode(png).decode("ascii")
 
@@ -220,8 +227,7 @@ class Controller:
 
                 def progress(f, m, k=done, b=size):
                     report(0.05 + 0.95 * (k + f * b) / n, f"{tr('tile')} {k + 1}/{n}: {m}")
-                views = [{"grid": t.grid, "sat": sat_file or {"png_base64": _b64(t.sat_png)},
-                          "map": {"png_base64": _b64(t.map_png)}} for t in batch]
+                views = [tile_view(t, sat_file) for t in batch]
                 params = {"query": query, "mode": mode, **self.debug_params}
                 # one tile: the single-view form; several: one VLM batch per stage
                 params.update(views[0] if len(views) == 1 else {"views": views})
@@ -278,8 +284,7 @@ class Controller:
                     if run.recapture is None:
                         raise
                     tile = self._on_main(lambda v=view_id: run.recapture(extent_of[v]))
-                    params.update(grid=tile.grid, sat=run.sat_file or {"png_base64": _b64(tile.sat_png)},
-                                  map={"png_base64": _b64(tile.map_png)})
+                    params.update(tile_view(tile, run.sat_file))
                     reply = self.session.request("refine", params, progress, is_cancelled)
                 replies.append(reply)
             return replies

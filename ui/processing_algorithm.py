@@ -51,7 +51,6 @@ The engine worker
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -80,7 +79,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..socio_reasoner.errors import CancelledError, SocioReasonerError
 from .capture import CaptureError, capture_view, plan_capture
-from .controller import merge_replies
+from .controller import local_raster_spec, merge_replies, tile_view
 from .layers import RESULT_FIELDS, _fields, geometry_from_geojson
 from .session import EngineSession
 from .settings import EngineSettings
@@ -369,14 +368,14 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
                 "CRS, for example 'xmin,xmax,ymin,ymax [EPSG:3857]'."))
         extent = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
 
-        tiles = self._capture(extent, crs, sat, map_, settings, context, feedback)
+        captured = self._capture(extent, crs, sat, map_, settings, context, feedback)
         fields = _fields(RESULT_FIELDS)
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields,
                                              _MULTIPOLYGON, crs)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
 
-        replies = self._run_engine(tiles, query, mode, settings, feedback)
+        replies = self._run_engine(captured, query, mode, settings, feedback)
         reply = merge_replies(replies, context.transformContext())
         features = self._features(reply, fields, query, crs, context)
         for feature in features:
@@ -387,33 +386,29 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
         return {self.OUTPUT: dest_id}
 
     def _capture(self, extent, crs, sat, map_, settings, context, feedback):
-        """Plan and render the tiles on this (the main) thread."""
-        project = context.project() or QgsProject.instance()
+        """Plan the tiles and check the layers; tiles are rendered (on this, the main
+        thread) one at a time as the engine asks for them, so memory stays flat.
+
+        Returns (tile count, lazy tile iterator, the satellite file the engine reads or None).
+        """
         transform_context = context.transformContext()
         try:
             plan = plan_capture(extent, crs, tile_px=settings.tile_px,
-                                transform_context=transform_context)
+                                transform_context=transform_context,
+                                max_tiles=settings.max_tiles)
             feedback.pushInfo(tr(
                 f"Capturing {len(plan.tiles)} tile(s) of {plan.tile_px} px at "
                 f"{plan.ground_px_size:.3g} map units per pixel ({crs.authid() or crs.description()})."))
-            tiles = []
-            for k, tile in enumerate(capture_view(plan, [sat], [map_],
-                                                  transform_context=transform_context,
-                                                  project=project)):
-                if feedback.isCanceled():
-                    raise QgsProcessingException(tr("Cancelled."))
-                for warning in tile.warnings:
-                    feedback.reportError(warning, False)
-                tiles.append(tile)
-                feedback.setProgress(_scaled(_CAPTURE, (k + 1) / len(plan.tiles)))
+            sat_file = local_raster_spec(sat)
+            tiles = capture_view(plan, [sat], [map_], transform_context=transform_context,
+                                 project=context.project() or QgsProject.instance(),
+                                 render_sat=sat_file is None)
         except CaptureError as exc:
             raise QgsProcessingException(str(exc)) from exc
-        if not tiles:
-            raise QgsProcessingException(
-                tr("No part of the extent is covered by the satellite layer."))
-        return tiles
+        feedback.setProgress(_CAPTURE[1])
+        return len(plan.tiles), tiles, sat_file
 
-    def _run_engine(self, tiles, query, mode, settings, feedback):
+    def _run_engine(self, captured, query, mode, settings, feedback):
         """Load the models and run every tile; engine errors become QgsProcessingException."""
         if not _busy.acquire(blocking=False):
             raise QgsProcessingException(tr(
@@ -441,24 +436,30 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
 
             _wait_for(lambda report, is_cancelled: session.ensure_loaded(report, is_cancelled),
                       feedback, cancelled, on_load)
+            n, tiles, sat_file = captured
             replies = []
             for k, tile in enumerate(tiles):
                 if feedback.isCanceled():
                     raise CancelledError("Cancelled.")
-                params = {"query": query, "mode": mode, "grid": tile.grid,
-                          "sat": {"png_base64": base64.b64encode(tile.sat_png).decode()},
-                          "map": {"png_base64": base64.b64encode(tile.map_png).decode()}}
+                for warning in tile.warnings:
+                    feedback.reportError(warning, False)
+                params = {"query": query, "mode": mode, **tile_view(tile, sat_file)}
 
                 def on_tile(f, m, k=k):
-                    feedback.setProgress(_scaled(_TILES, (k + f) / len(tiles)))
-                    show(f"{tr('tile')} {k + 1}/{len(tiles)}: {m}" if len(tiles) > 1 else m)
+                    feedback.setProgress(_scaled(_TILES, (k + f) / n))
+                    show(f"{tr('tile')} {k + 1}/{n}: {m}" if n > 1 else m)
 
                 replies.append(_wait_for(
                     lambda report, is_cancelled, params=params: session.request(
                         "run", params, on_progress=report, is_cancelled=is_cancelled),
                     feedback, cancelled, on_tile))
                 on_tile(1.0, tr("done"))
+            if not replies:
+                raise QgsProcessingException(
+                    tr("No part of the extent is covered by the satellite layer."))
             return replies
+        except CaptureError as exc:
+            raise QgsProcessingException(str(exc)) from exc
         except CancelledError as exc:
             raise QgsProcessingException(tr("Cancelled.")) from exc
         except SocioReasonerError as exc:     # engine errors carry a user-facing message
