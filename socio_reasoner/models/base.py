@@ -39,6 +39,7 @@ class VLMReply:
     prompt_tokens: int = 0
     new_tokens: int = 0
     seconds: dict = field(default_factory=dict)   # e.g. {"preprocess": .., "generate": ..}
+    token_ids: object = None     # the new tokens (1-D, up to the end token), when available
 
 
 @runtime_checkable

@@ -165,7 +165,7 @@ class TransformersVLM:
         return ends[0] + 1 if ends else len(row)
 
     def batch_generate(self, requests: list[tuple[list[np.ndarray], str]],
-                       config: GenerationConfig | None = None) -> list[VLMReply]:
+                       config: GenerationConfig | None = None, return_inputs: bool = False):
         """Answer several independent turns in one left-padded batch.
 
         Parameters
@@ -175,10 +175,15 @@ class TransformersVLM:
         config : GenerationConfig, optional
             Greedy by default; sampling is seeded with ``config.seed``.
 
+        return_inputs : bool
+            Also return the processor's batch (training scores the sampled tokens
+            against exactly these tensors).
+
         Returns
         -------
         list of VLMReply
-            One per request; ``seconds`` holds the batch's wall times.
+            One per request; ``seconds`` holds the batch's wall times, ``token_ids`` the
+            new tokens. With ``return_inputs``: (replies, inputs).
         """
         torch = self._torch
         config = config or GenerationConfig()
@@ -198,11 +203,13 @@ class TransformersVLM:
         for i in range(out.shape[0]):
             new = out[i, prompt_len:]
             n = self._count_new(new)
-            text = self.processor.tokenizer.decode(new[:n], skip_special_tokens=True)
+            ids = new[:n].detach().cpu()
+            text = self.processor.tokenizer.decode(ids, skip_special_tokens=True)
             replies.append(VLMReply(text=text, new_tokens=n,
                                     prompt_tokens=int(inputs["attention_mask"][i].sum()),
-                                    seconds={"preprocess": t1 - t0, "generate": t2 - t1}))
-        return replies
+                                    seconds={"preprocess": t1 - t0, "generate": t2 - t1},
+                                    token_ids=ids))
+        return (replies, inputs) if return_inputs else replies
 
     def generate(self, images: list[np.ndarray], text: str,
                  config: GenerationConfig | None = None) -> VLMReply:

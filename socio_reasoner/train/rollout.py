@@ -63,21 +63,11 @@ def _row(inputs: dict, i: int, n_images_per_row: int) -> dict:
 
 def sample_answers(policy, requests: list[tuple[list[np.ndarray], str]],
                    config: GenerationConfig) -> list[tuple[dict, object, str]]:
-    """Sample one answer per request in one batch: (row inputs, token ids, text) each."""
-    import torch
-
-    inputs = policy.prepare(requests)
-    with torch.inference_mode():
-        out = policy.model.generate(**inputs, **policy._gen_kwargs(config))
-    prompt_len = inputs["input_ids"].shape[1]
-    results = []
-    for i, (images, _) in enumerate(requests):
-        new = out[i, prompt_len:]
-        n = policy._count_new(new)
-        ids = new[:n].detach().cpu().clone()
-        text = policy.processor.tokenizer.decode(ids, skip_special_tokens=True)
-        results.append((_row(inputs, i, len(images)), ids, text))
-    return results
+    """Sample one answer per request in one (seeded) batch through the inference path:
+    (row inputs, token ids, text) each."""
+    replies, inputs = policy.batch_generate(requests, config, return_inputs=True)
+    return [(_row(inputs, i, len(images)), reply.token_ids, reply.text)
+            for i, ((images, _), reply) in enumerate(zip(requests, replies, strict=True))]
 
 
 def _segment(segmenter, parsed, use_points: bool, frame_hw) -> np.ndarray:
