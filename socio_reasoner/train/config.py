@@ -38,6 +38,7 @@ class TrainConfig:
     stage2_sampling: str = "per_sample"        # per_sample (released code) | best_of_stage1 (Alg. 1)
     reward_variant: str = "released"           # released | paper
     grad_clip: float = 1.0
+    micro_batch_size: int = 1                  # trajectories per forward pass of the loss pass
     # bookkeeping
     seed: int = 0
     save_every: int = 25

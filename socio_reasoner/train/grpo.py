@@ -25,21 +25,46 @@ from .rollout import Trajectory, group_advantages, pixel_digest, rollout_sample
 
 
 def completion_logprobs(model, traj: Trajectory, device, temperature: float = 1.0):
-    """Log-probabilities (float32) of ``traj``'s sampled tokens under ``model``.
+    """Log-probabilities (float32) of ``traj``'s sampled tokens under ``model``."""
+    return batch_logprobs(model, [traj], device, temperature)[0]
 
-    The prompt's own tensors from the rollout are fed back — for stage 2 the rendered
-    images — and the check below refuses anything else.
+
+def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 1.0):
+    """Log-probabilities (float32) of each trajectory's sampled tokens, several
+    trajectories in one right-padded forward pass.
+
+    The prompts' own tensors from the rollout are fed back — for stage 2 the rendered
+    images — and `check_pixels` refuses anything else. Padding sits after each sequence,
+    so a causal model scores every real token exactly as alone (up to float rounding).
     """
     import torch
 
-    check_pixels(traj)
-    ids = torch.cat([traj.inputs["input_ids"][0], traj.completion_ids]).to(device)[None]
-    kwargs = {k: v.to(device) for k, v in traj.inputs.items()
-              if k in ("pixel_values", "image_grid_thw")}
-    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs).logits
-    prompt_len = traj.inputs["input_ids"].shape[1]
-    logits = logits[0, prompt_len - 1:-1].float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(1, ids[0, prompt_len:, None])[:, 0]
+    seqs, pixels, grids = [], [], []
+    for traj in trajs:
+        check_pixels(traj)
+        seqs.append(torch.cat([traj.inputs["input_ids"][0], traj.completion_ids]))
+        if "pixel_values" in traj.inputs:
+            pixels.append(traj.inputs["pixel_values"])
+            grids.append(traj.inputs["image_grid_thw"])
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, :len(seq)] = seq
+        mask[i, :len(seq)] = 1
+    kwargs = {}
+    if pixels:
+        kwargs = {"pixel_values": torch.cat(pixels).to(device),
+                  "image_grid_thw": torch.cat(grids).to(device)}
+    ids = ids.to(device)
+    logits = model(input_ids=ids, attention_mask=mask.to(device), **kwargs).logits
+    out = []
+    for i, traj in enumerate(trajs):
+        start = traj.inputs["input_ids"].shape[1]
+        stop = start + len(traj.completion_ids)
+        row = logits[i, start - 1:stop - 1].float() / temperature
+        out.append(torch.log_softmax(row, dim=-1).gather(1, ids[i, start:stop, None])[:, 0])
+    return out
 
 
 def check_pixels(traj: Trajectory) -> None:
@@ -148,49 +173,28 @@ class GRPOTrainer:
         group_advantages(trajectories, self.config.adv_eps)
         return trajectories
 
-    def _reference_logprobs(self, traj):
+    def _micro_batches(self, trajectories: list[Trajectory]) -> list[list[Trajectory]]:
+        """Similar lengths together, so little of a forward pass is padding."""
+        n = max(1, self.config.micro_batch_size)
+        ordered = sorted(trajectories, key=lambda t: t.inputs["input_ids"].shape[1]
+                         + len(t.completion_ids))
+        return [ordered[i:i + n] for i in range(0, len(ordered), n)]
+
+    def _reference_logprobs(self, trajs: list[Trajectory]):
         import torch
 
         with torch.no_grad():
             if self.reference is not None:
-                return completion_logprobs(self.reference, traj, self.acc.device, self.config.temperature)
+                return batch_logprobs(self.reference, trajs, self.acc.device, self.config.temperature)
             with self.policy.model.disable_adapter():
-                return completion_logprobs(self.policy.model, traj, self.acc.device, self.config.temperature)
+                return batch_logprobs(self.policy.model, trajs, self.acc.device, self.config.temperature)
 
     def train_step(self, samples) -> dict:
-        """Rollout, then one clipped policy update on the whole batch of trajectories.
-
-        One update per rollout (the recipe's), so the sampling policy's log-probs are the
-        current ones detached: the ratio is 1 in value and the clip never binds, but its
-        gradient is the policy gradient; no separate "old" forward pass is needed.
-        """
-
-        c = self.config
+        """Rollout, then one clipped policy update on the whole batch of trajectories."""
         t0 = time.perf_counter()
         trajectories = self.rollout(samples)
         t1 = time.perf_counter()
-        scored = [t for t in trajectories if len(t.completion_ids)]
-        for traj in scored:
-            traj.ref_logprobs = self._reference_logprobs(traj)
-        n_tokens = max(1, sum(len(t.completion_ids) for t in scored))
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, kl_sum = 0.0, 0.0
-        for i, traj in enumerate(scored):
-            # gradients are synchronised across processes only on the last backward
-            last = i == len(scored) - 1
-            ctx = contextlib.nullcontext() if last else self.acc.no_sync(self.model)
-            with ctx:
-                new_lp = completion_logprobs(self.model, traj, self.acc.device, c.temperature)
-                per_token, kl = policy_loss(new_lp, new_lp.detach(), traj.ref_logprobs,
-                                            traj.advantage, c.clip_eps, c.kl_coef)
-                loss = per_token.sum() / n_tokens       # token-level mean over the step
-                self.acc.backward(loss)
-            loss_sum += float(loss.detach())
-            kl_sum += float(kl.detach().sum())
-        if c.grad_clip:
-            self.acc.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.optimizer.step()
+        loss_sum, kl_sum, n_tokens = self.update(trajectories)
         self.step += 1
         s1 = [t for t in trajectories if t.stage == "stage1"]
         s2 = [t for t in trajectories if t.stage == "stage2"]
@@ -203,6 +207,46 @@ class GRPOTrainer:
             "trajectories": len(trajectories),
             "seconds_rollout": t1 - t0, "seconds_update": time.perf_counter() - t1,
         }
+
+    def accumulate_gradients(self, trajectories: list[Trajectory]) -> tuple[float, float, int]:
+        """Backward of the step's token-level mean loss, `micro_batch_size` trajectories
+        per forward pass; returns (loss, summed KL, token count).
+
+        One update per rollout (the recipe's), so the sampling policy's log-probs are the
+        current ones detached: the ratio is 1 in value and the clip never binds, but its
+        gradient is the policy gradient; no separate "old" forward pass is needed.
+        """
+        c = self.config
+        scored = [t for t in trajectories if len(t.completion_ids)]
+        batches = self._micro_batches(scored)
+        for batch in batches:
+            for traj, ref in zip(batch, self._reference_logprobs(batch), strict=True):
+                traj.ref_logprobs = ref
+        n_tokens = max(1, sum(len(t.completion_ids) for t in scored))
+        self.model.train()
+        loss_sum, kl_sum = 0.0, 0.0
+        for i, batch in enumerate(batches):
+            # gradients are synchronised across processes only on the last backward
+            last = i == len(batches) - 1
+            with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
+                loss = 0.0
+                for traj, new_lp in zip(batch, batch_logprobs(self.model, batch, self.acc.device,
+                                                              c.temperature), strict=True):
+                    per_token, kl = policy_loss(new_lp, new_lp.detach(), traj.ref_logprobs,
+                                                traj.advantage, c.clip_eps, c.kl_coef)
+                    loss = loss + per_token.sum() / n_tokens   # token-level mean over the step
+                    kl_sum += float(kl.detach().sum())
+                self.acc.backward(loss)
+            loss_sum += float(loss.detach())
+        return loss_sum, kl_sum, n_tokens
+
+    def update(self, trajectories: list[Trajectory]) -> tuple[float, float, int]:
+        self.optimizer.zero_grad(set_to_none=True)
+        result = self.accumulate_gradients(trajectories)
+        if self.config.grad_clip:
+            self.acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return result
 
     # ------------------------------------------------------------------ loop
     def fit(self, dataset, steps: int | None = None) -> list[dict]:

@@ -104,6 +104,31 @@ def test_one_grpo_step_changes_weights_and_logs(tmp_path, data_dir, taught_vlm_d
     assert [m["step"] for m in history] == [2] and (Path(config.out_dir) / "checkpoint-000002").exists()
 
 
+def test_micro_batched_loss_pass_gives_the_same_gradients(tmp_path, data_dir, taught_vlm_dir,
+                                                          tiny_sam2):
+    """Right-padded micro-batches of trajectories score each token as a lone forward does,
+    so the step's gradient does not depend on micro_batch_size."""
+    config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, micro_batch_size=1)
+    trainer = GRPOTrainer(config)
+    trajectories = trainer.rollout([SocioSegDataset.open(config.data, split="train").get(0)])
+    lengths = {len(t.completion_ids) for t in trajectories}
+    assert len(trajectories) == 2 * config.group_size and len(lengths) > 1   # padding is exercised
+    grads = []
+    for micro in (1, 3, len(trajectories)):
+        trainer.config.micro_batch_size = micro
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss, kl, n_tokens = trainer.accumulate_gradients(trajectories)
+        grads.append((loss, kl, {n: p.grad.clone() for n, p in trainer.model.named_parameters()
+                                 if p.grad is not None}))
+    (loss1, kl1, g1) = grads[0]
+    assert g1 and any(float(g.abs().max()) > 0 for g in g1.values())
+    for loss, kl, g in grads[1:]:
+        assert loss == pytest.approx(loss1, abs=1e-5) and kl == pytest.approx(kl1, rel=1e-4, abs=1e-6)
+        assert g.keys() == g1.keys()
+        for name in g1:
+            torch.testing.assert_close(g[name], g1[name], rtol=1e-3, atol=1e-6, msg=name)
+
+
 def test_stage2_trajectories_carry_the_rendered_images(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
     import random
 
