@@ -31,8 +31,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "vit_h/vit_l/vit_b for sam.")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default).")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="VLM weights: auto is bf16 on CUDA and fp32 on CPU; bf16 is faster "
-                        "on CPUs with AVX512-BF16 or AMX (see bench/README.md).")
+                   help="VLM weights: auto is bf16 on GPUs and on CPUs with AVX512-BF16 or "
+                        "AMX (1.5-2x faster there, see bench/README.md), else fp32.")
     p.add_argument("--compile-decode", action="store_true",
                    help="CUDA only, experimental: static KV cache + CUDA graphs for decoding "
                         "(~3x faster tokens on an H100 after a ~45 s first-call compile).")

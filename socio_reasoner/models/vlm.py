@@ -39,12 +39,26 @@ def pick_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); there bf16 was
+    1.5× (prefill) to 2× (decode) faster than fp32 for the 3B, elsewhere it is slower."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def pick_dtype(dtype, device: str):
-    """``"auto"``: bfloat16 on GPUs (cuda, mps), float32 on CPU; strings name torch dtypes."""
+    """``"auto"``: bfloat16 on GPUs (cuda, mps) and on CPUs with native bf16, else float32;
+    strings name torch dtypes."""
     import torch
 
     if dtype in (None, "auto"):
-        return torch.float32 if device.startswith("cpu") else torch.bfloat16
+        if device.startswith("cpu"):
+            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.bfloat16
     if isinstance(dtype, str):
         name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
         if not isinstance(getattr(torch, name, None), torch.dtype):
@@ -64,7 +78,8 @@ class TransformersVLM:
     device : str
         ``"auto"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` or ``"cpu"``.
     dtype : str or torch.dtype
-        ``"auto"`` (bf16 on GPU, fp32 on CPU) or e.g. ``"float16"``.
+        ``"auto"`` (bf16 on GPUs and on CPUs with native bf16, else fp32) or e.g.
+        ``"float16"``.
     min_pixels, max_pixels : int
         Processor area bounds; they define `model_frame`.
     attn_implementation : str

@@ -20,7 +20,7 @@ class TrainConfig:
     segmenter_checkpoint: str = "facebook/sam2-hiera-large"
     segmenter_variant: str | None = None
     device: str = "auto"
-    dtype: str = "auto"                        # bf16 on CUDA
+    dtype: str = "auto"                        # weights trained: auto = fp32 (see weights_dtype)
     out_dir: str = "runs/grpo"
     # GRPO (the paper's values)
     steps: int = 250
@@ -62,6 +62,14 @@ class TrainConfig:
             raise ValueError(f"stage2_sampling must be per_sample or best_of_stage1, "
                              f"got {config.stage2_sampling!r}.")
         return config
+
+    @property
+    def weights_dtype(self) -> str:
+        """The trained weights' dtype. ``auto`` is float32 on every device: at the recipe's
+        lr of 1e-6 an AdamW step is far below bf16's resolution (2⁻⁸ relative), so bf16
+        weights would barely move. For bf16 speed use accelerate's ``mixed_precision:
+        bf16`` (autocast over fp32 master weights), as the accelerate configs do."""
+        return "float32" if self.dtype == "auto" else self.dtype
 
     def to_dict(self) -> dict:
         return asdict(self)

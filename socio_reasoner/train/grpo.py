@@ -108,7 +108,7 @@ class GRPOTrainer:
         resume = latest_checkpoint(self.out)
         lora = config.lora_rank > 0
         start_from = resume if resume and not lora else config.model
-        self.policy = TransformersVLM(start_from, device=str(self.acc.device), dtype=config.dtype)
+        self.policy = TransformersVLM(start_from, device=str(self.acc.device), dtype=config.weights_dtype)
         model = self.policy.model
         if lora:
             from peft import LoraConfig, PeftModel, get_peft_model
@@ -122,7 +122,7 @@ class GRPOTrainer:
             self.reference = None       # the adapters disabled are the reference
         elif resume:                    # the reference stays the starting weights
             self.reference = TransformersVLM(config.model, device=str(self.acc.device),
-                                             dtype=config.dtype).model.eval().requires_grad_(False)
+                                             dtype=config.weights_dtype).model.eval().requires_grad_(False)
         else:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         model.train()

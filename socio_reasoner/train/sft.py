@@ -70,7 +70,7 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[di
     from .grpo import _Logger, completion_logprobs
 
     acc = Accelerator(cpu=config.device == "cpu")
-    policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.dtype)
+    policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.weights_dtype)
     model = policy.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=config.weight_decay)
     model, opt = acc.prepare(model, opt)
@@ -120,7 +120,7 @@ def teach_fixed_answer(model_dir, out_dir, answer: str, samples, steps: int = 40
 
     torch.manual_seed(seed)
     samples = samples if isinstance(samples, (list, tuple)) else [samples]
-    policy = TransformersVLM(model_dir, device="cpu")
+    policy = TransformersVLM(model_dir, device="cpu", dtype="float32")
     tok = policy.processor.tokenizer
     ids = tok(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     examples = []

@@ -190,12 +190,20 @@ def test_segmenter_load_errors(tiny_sam_checkpoint, tmp_path):
         load_segmenter("mobile-sam", tiny_sam_checkpoint)
 
 
-def test_dtype_names():
+def test_dtype_names(tmp_path):
     import torch
 
-    from socio_reasoner.models.vlm import pick_dtype
+    from socio_reasoner.models.vlm import cpu_has_native_bf16, pick_dtype
 
-    assert pick_dtype("auto", "cpu") == torch.float32 and pick_dtype("auto", "cuda") == torch.bfloat16
+    assert pick_dtype("auto", "cuda") == torch.bfloat16
+    native = cpu_has_native_bf16()
+    assert pick_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    # the flags of an AVX2-only CPU, and of a Zen 4 / Sapphire Rapids one
+    plain, zen4 = tmp_path / "plain", tmp_path / "zen4"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n")
+    zen4.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert not cpu_has_native_bf16(str(plain)) and cpu_has_native_bf16(str(zen4))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
     assert pick_dtype("bf16", "cpu") == torch.bfloat16 and pick_dtype("fp32", "cuda") == torch.float32
     with pytest.raises(ValueError, match="Unknown dtype"):
         pick_dtype("float99", "cpu")
