@@ -134,12 +134,13 @@ class GRPOTrainer:
             "segmenter": config.segmenter, "segmenter_checkpoint": config.segmenter_checkpoint,
             "segmenter_variant": config.segmenter_variant, "device": str(self.acc.device)})
         self.step = 0
+        # checkpoints hold the weights once, in save_pretrained's format (below); accelerate's
+        # state folder adds the optimiser and RNG states (and FSDP/DeepSpeed's own shards)
+        self.acc.register_save_state_pre_hook(_weights_saved_elsewhere)
+        self.acc.register_load_state_pre_hook(_weights_loaded_elsewhere)
         if resume:
-            state = torch.load(resume / "trainer_state.pt", weights_only=True, map_location="cpu")
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step = int(state["step"])
-            torch.set_rng_state(state["torch_rng"])
-            random.setstate(_py_state(state["python_rng"]))
+            self.acc.load_state(str(resume / "state"))
+            self.step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
 
     # ------------------------------------------------------------------ one step
     def generation_config(self):
@@ -151,14 +152,22 @@ class GRPOTrainer:
                                 seed=c.seed * 100_003 + self.step * 1_009 + self.acc.process_index)
 
     def _full_params(self):
-        """Under FSDP each process holds a shard; generation needs the whole model, so
-        gather it for the rollout (not verified on multi-GPU here: DDP is tested)."""
+        """Generation needs the whole model; under FSDP and DeepSpeed ZeRO-3 each process
+        holds a shard, so gather it for the rollout. (DDP is tested on two CPU processes;
+        accelerate runs FSDP and DeepSpeed on GPUs only, and these branches have not yet
+        run on GPUs.)"""
         from accelerate import DistributedType
 
         if self.acc.distributed_type == DistributedType.FSDP:
             from torch.distributed.fsdp import FullyShardedDataParallel
 
             return FullyShardedDataParallel.summon_full_params(self.model, writeback=False)
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if self.acc.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(self.model.parameters()),
+                                                     modifier_rank=None)
         return contextlib.nullcontext()
 
     def rollout(self, samples) -> list[Trajectory]:
@@ -215,6 +224,9 @@ class GRPOTrainer:
         One update per rollout (the recipe's), so the sampling policy's log-probs are the
         current ones detached: the ratio is 1 in value and the clip never binds, but its
         gradient is the policy gradient; no separate "old" forward pass is needed.
+
+        The micro-batches run inside ``accelerator.accumulate``, so gradients are reduced
+        across processes once, on the last one, under DDP, FSDP and DeepSpeed alike.
         """
         c = self.config
         scored = [t for t in trajectories if len(t.completion_ids)]
@@ -224,11 +236,11 @@ class GRPOTrainer:
                 traj.ref_logprobs = ref
         n_tokens = max(1, sum(len(t.completion_ids) for t in scored))
         self.model.train()
+        self.acc.gradient_accumulation_steps = max(1, len(batches))
+        self.acc.step = 0                      # the last micro-batch is the sync boundary
         loss_sum, kl_sum = 0.0, 0.0
-        for i, batch in enumerate(batches):
-            # gradients are synchronised across processes only on the last backward
-            last = i == len(batches) - 1
-            with contextlib.nullcontext() if last else self.acc.no_sync(self.model):
+        for batch in batches:
+            with self.acc.accumulate(self.model):
                 loss = 0.0
                 for traj, new_lp in zip(batch, batch_logprobs(self.model, batch, self.acc.device,
                                                               c.temperature), strict=True):
@@ -236,16 +248,28 @@ class GRPOTrainer:
                                                 traj.advantage, c.clip_eps, c.kl_coef)
                     loss = loss + per_token.sum() / n_tokens   # token-level mean over the step
                     kl_sum += float(kl.detach().sum())
-                self.acc.backward(loss)
+                self._backward(loss)
             loss_sum += float(loss.detach())
         return loss_sum, kl_sum, n_tokens
+
+    def _backward(self, loss) -> None:
+        """``accelerator.backward`` divides by the accumulation steps (DeepSpeed by its
+        engine's own setting); the loss already is the step's token mean, so undo it."""
+        from accelerate import DistributedType
+
+        if self.acc.distributed_type == DistributedType.DEEPSPEED:
+            factor = self.model.gradient_accumulation_steps()
+        else:
+            factor = self.acc.gradient_accumulation_steps
+        self.acc.backward(loss * factor)
 
     def update(self, trajectories: list[Trajectory]) -> tuple[float, float, int]:
         self.optimizer.zero_grad(set_to_none=True)
         result = self.accumulate_gradients(trajectories)
-        if self.config.grad_clip:
+        if self.config.grad_clip:   # DeepSpeed clips by its config's gradient_clipping
             self.acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        self.optimizer.step()      # under DeepSpeed the engine stepped in the last backward
+        self.optimizer.zero_grad(set_to_none=True)
         return result
 
     # ------------------------------------------------------------------ loop
@@ -278,37 +302,34 @@ class GRPOTrainer:
         return history
 
     def save(self) -> Path:
-        """``checkpoint-<step>/``: weights as save_pretrained, plus optimiser and RNG state."""
-        import torch
-
+        """``checkpoint-<step>/``: the weights as save_pretrained writes them (loadable for
+        inference; LoRA: the adapters), ``state/`` with accelerate's optimiser, RNG and,
+        under FSDP or DeepSpeed, sharded model states, and ``trainer_state.json``."""
         path = self.out / f"checkpoint-{self.step:06d}"
         self.acc.wait_for_everyone()
+        weights = self.acc.get_state_dict(self.model)   # every process: gathers shards
+        self.acc.save_state(str(path / "state"))
         if self.acc.is_main_process:
-            path.mkdir(parents=True, exist_ok=True)
-            # with LoRA this writes the adapters only (peft); merge them for inference
-            self.acc.unwrap_model(self.model).save_pretrained(path, safe_serialization=True)
+            self.acc.unwrap_model(self.model).save_pretrained(
+                path, state_dict=weights, safe_serialization=True)
             self.policy.processor.save_pretrained(path)
-            torch.save({"optimizer": self.optimizer.state_dict(), "step": self.step,
-                        "torch_rng": torch.get_rng_state(), "python_rng": list(_flat_state())},
-                       path / "trainer_state.pt")
+            # written last: its presence marks a complete checkpoint
+            (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
         self.acc.wait_for_everyone()
         return path
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
-    found = sorted(Path(out_dir).glob("checkpoint-*/trainer_state.pt"))
+    found = sorted(Path(out_dir).glob("checkpoint-*/trainer_state.json"))
     return found[-1].parent if found else None
 
 
-def _flat_state():
-    version, state, gauss = random.getstate()
-    return [version, *state, -1 if gauss is None else gauss]
+def _weights_saved_elsewhere(models, weights, output_dir) -> None:
+    weights.clear()     # plain and DDP models: save() writes them with save_pretrained
 
 
-def _py_state(flat):
-    flat = [int(x) if not isinstance(x, float) else x for x in flat]
-    gauss = flat[-1]
-    return (flat[0], tuple(flat[1:-1]), None if gauss == -1 else gauss)
+def _weights_loaded_elsewhere(models, input_dir) -> None:
+    models.clear()      # ... and the trainer starts from those weights
 
 
 def _mean(values) -> float:

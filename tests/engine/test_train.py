@@ -93,13 +93,18 @@ def test_one_grpo_step_changes_weights_and_logs(tmp_path, data_dir, taught_vlm_d
     assert rows[0].startswith("step,loss,kl") and len(rows) == 2
     assert list((Path(config.out_dir) / "tensorboard").glob("events.*"))
     ckpt = Path(config.out_dir) / "checkpoint-000001"
-    assert (ckpt / "model.safetensors").exists() and (ckpt / "trainer_state.pt").exists()
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "trainer_state.json").exists()
+    assert list((ckpt / "state").glob("optimizer*.bin")) and list((ckpt / "state").glob("random_states_*.pkl"))
+    assert not list((ckpt / "state").glob("model*"))      # the weights are stored once
 
     # resume: a new trainer on the same folder continues the step count
     resumed = GRPOTrainer(config)
     assert resumed.step == 1
     for n, p in resumed.policy.model.named_parameters():
         assert torch.equal(p, trainer.policy.model.state_dict()[n]), n
+    moments = [s["exp_avg"] for s in trainer.optimizer.state_dict()["state"].values()]
+    restored = [s["exp_avg"] for s in resumed.optimizer.state_dict()["state"].values()]
+    assert moments and all(torch.equal(a, b) for a, b in zip(moments, restored, strict=True))
     history = resumed.fit(SocioSegDataset.open(config.data, split="train"), steps=2)
     assert [m["step"] for m in history] == [2] and (Path(config.out_dir) / "checkpoint-000002").exists()
 
@@ -205,3 +210,24 @@ def test_lora_step_trains_adapters_only(tmp_path, data_dir, taught_vlm_dir, tiny
     changed = {n for n, p in trainer.policy.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and all("lora_" in n for n in changed) and math.isfinite(metrics["kl"])
     assert (Path(config.out_dir) / "checkpoint-000001" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("name, kind", [("accelerate_ddp_cpu.yaml", "MULTI_CPU"),
+                                        ("accelerate_fsdp.yaml", "FSDP"),
+                                        ("accelerate_deepspeed_zero3.yaml", "DEEPSPEED")])
+def test_accelerate_configs_are_valid(name, kind):
+    """The launch configs parse with accelerate's own loader (which refuses unknown keys);
+    their nested keys are options of `accelerate launch`; FSDP wraps real module classes."""
+    import transformers.models.qwen2_5_vl.modeling_qwen2_5_vl as qwen
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    config = load_config_from_file(str(REPO / "configs" / name))
+    assert config.distributed_type.value == kind
+    options = {a.dest for a in launch_command_parser()._actions}
+    nested = {**(config.fsdp_config or {}), **(config.deepspeed_config or {})}
+    assert set(nested) <= options, set(nested) - options
+    for cls in nested.get("fsdp_transformer_layer_cls_to_wrap", "").split(","):
+        assert not cls or isinstance(getattr(qwen, cls, None), type), cls
+    if kind == "DEEPSPEED":     # checkpoints need the gathered 16-bit weights under ZeRO-3
+        assert nested["zero_stage"] == 3 and nested["zero3_save_16bit_model"] is True
