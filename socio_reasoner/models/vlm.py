@@ -122,6 +122,12 @@ class TransformersVLM:
         self._eos = [eos] if isinstance(eos, int) else list(eos)
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
         self.compile_decode = bool(compile_decode) and self.device.startswith("cuda")
+        # training with sharded weights (FSDP, ZeRO-3) sets it: every process then keeps
+        # stepping until all have finished, since each step gathers shards collectively
+        self.synced_gpus: bool | None = None
+        # ... and turns this off: FSDP keeps its gathered buffers, and tensors made under
+        # inference mode could not be updated by the training pass afterwards
+        self.inference_mode = True
 
     def model_frame(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the model sees; a 768×768 tile becomes 756×756."""
@@ -205,10 +211,10 @@ class TransformersVLM:
         t0 = time.perf_counter()
         inputs = self.prepare(requests)
         t1 = time.perf_counter()
-        with torch.random.fork_rng(devices=self._rng_devices()), torch.inference_mode(), \
-                self._attention_kernels():
+        no_grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        with torch.random.fork_rng(devices=self._rng_devices()), no_grad, self._attention_kernels():
             torch.manual_seed(config.seed)
-            out = self.model.generate(**inputs, **self._gen_kwargs(
+            out = self.model.generate(**inputs, synced_gpus=self.synced_gpus, **self._gen_kwargs(
                 config, prompt_len=inputs["input_ids"].shape[1]))
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -130,6 +130,18 @@ class GRPOTrainer:
                                       lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.policy.model = self.acc.unwrap_model(self.model)
+        if self._sharded():
+            self.policy.inference_mode = False
+            # answers of different lengths on each process: all step until all are done
+            self.policy.synced_gpus = self.acc.num_processes > 1
+        if self._sharded() == "fsdp2":
+            # FSDP2 sets itself up in the first forward, which must be the root's, while
+            # generate runs the vision tower alone first: make one tiny root forward now
+            with torch.no_grad():
+                ids = torch.tensor([[self.policy.processor.tokenizer.eos_token_id]],
+                                   device=self.acc.device)
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            self.model.reshard()        # the root keeps its weights gathered after a forward
         self.segmenter = build_segmenter({
             "segmenter": config.segmenter, "segmenter_checkpoint": config.segmenter_checkpoint,
             "segmenter_variant": config.segmenter_variant, "device": str(self.acc.device)})
@@ -151,19 +163,33 @@ class GRPOTrainer:
                                 temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                                 seed=c.seed * 100_003 + self.step * 1_009 + self.acc.process_index)
 
-    def _full_params(self):
-        """Generation needs the whole model; under FSDP and DeepSpeed ZeRO-3 each process
-        holds a shard, so gather it for the rollout. (DDP is tested on two CPU processes;
-        accelerate runs FSDP and DeepSpeed on GPUs only, and these branches have not yet
-        run on GPUs.)"""
+    def _sharded(self) -> str | None:
+        """"fsdp1", "fsdp2" or "zero3" when each process holds a shard of the weights."""
         from accelerate import DistributedType
 
         if self.acc.distributed_type == DistributedType.FSDP:
-            from torch.distributed.fsdp import FullyShardedDataParallel
-
-            return FullyShardedDataParallel.summon_full_params(self.model, writeback=False)
+            return f"fsdp{self.acc.state.fsdp_plugin.fsdp_version}"
         plugin = getattr(self.acc.state, "deepspeed_plugin", None)
         if self.acc.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3:
+            return "zero3"
+        return None
+
+    def _full_params(self):
+        """Context for the rollout's generation with sharded weights. FSDP gathers each
+        wrapped layer in its own forward, but the root's own parameters (embeddings, the
+        vision patch embedding, the head) only in the root's forward, and generate runs
+        the vision tower before that: gather them here. ZeRO-3 gathers everything once
+        rather than layer by layer at every token. FSDP2 on two CPU processes is tested;
+        FSDP1 and ZeRO-3 have not run here (accelerate runs them on GPUs only)."""
+        kind = self._sharded()
+        if kind == "fsdp2":
+            return _unsharded_root(self.model)
+        if kind == "fsdp1":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            return FullyShardedDataParallel.summon_full_params(self.model, recurse=False,
+                                                                writeback=False)
+        if kind == "zero3":
             import deepspeed
 
             return deepspeed.zero.GatheredParameters(list(self.model.parameters()),
@@ -317,6 +343,15 @@ class GRPOTrainer:
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
         self.acc.wait_for_everyone()
         return path
+
+
+@contextlib.contextmanager
+def _unsharded_root(model):
+    model.unshard()         # FSDP2: the root module's own parameters, whole on every process
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

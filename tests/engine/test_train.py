@@ -180,23 +180,56 @@ def test_sft_step(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
     assert (Path(config.out_dir) / "final" / "model.safetensors").exists()
 
 
+def _two_processes(tmp_path, config, mode: str, port: int) -> list[dict]:
+    out = tmp_path / "reports"
+    out.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # torchrun sets RANK/WORLD_SIZE; Accelerator(cpu=True) then runs over gloo.
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", str(port), str(REPO / "tests" / "engine" / "dist_step.py"),
+                    json.dumps(config.to_dict()), str(out), mode],
+                   check=True, env=env, cwd=tmp_path, timeout=600)
+    reports = sorted(out.glob("rank*.json"))
+    return [json.loads(p.read_text()) for p in reports]
+
+
 def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
     config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
                          save_every=0, weight_decay=0.0)
-    out = tmp_path / "digests"
-    out.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    # torchrun sets RANK/WORLD_SIZE; Accelerator(cpu=True) then runs DDP over gloo.
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", "29517", str(REPO / "tests" / "engine" / "ddp_step.py"),
-                    json.dumps(config.to_dict()), str(out)],
-                   check=True, env=env, cwd=tmp_path, timeout=600)
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert ranks[0]["world"] == 2 and ranks[0]["changed"] > 0
+    ranks = _two_processes(tmp_path, config, "ddp", 29517)
+    assert len(ranks) == 2 and ranks[0]["world"] == 2 and ranks[0]["type"].endswith("MULTI_CPU")
+    assert ranks[0]["after"] != ranks[0]["before"]
     # each process rolled out its own sample, so only synchronised gradients agree
     assert ranks[0]["loss"] != ranks[1]["loss"]
-    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert ranks[0]["after"] == ranks[1]["after"]
     assert np.isfinite(ranks[0]["loss"]) and np.isfinite(ranks[1]["loss"])
+
+
+def test_fsdp_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
+    """FSDP2 with the weights sharded over two processes: each process samples answers of
+    its own lengths (generation must keep the shard gathering in step), the step changes
+    the whole model, the checkpoint holds the gathered weights, and a new launch resumes."""
+    from socio_reasoner.models.vlm import TransformersVLM
+
+    config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
+                         save_every=1, weight_decay=0.0)
+    first = _two_processes(tmp_path, config, "fsdp2", 29519)
+    assert [r["step"] for r in first] == [1, 1] and first[0]["type"].endswith("FSDP")
+    main = first[0]                           # the gathered weights are on rank 0 only
+    assert main["full_params"] > 0 and first[1]["full_params"] == 0
+    assert all(r["local_params"] < 0.75 * main["full_params"] for r in first)    # sharded
+    assert first[0]["response_tokens"] != first[1]["response_tokens"]
+    assert main["after"] != main["before"] and first[0]["loss"] != first[1]["loss"]
+    ckpt = Path(config.out_dir) / "checkpoint-000001"
+    saved = TransformersVLM(ckpt, device="cpu", dtype="float32").model.state_dict()
+    start = TransformersVLM(config.model, device="cpu", dtype="float32").model.state_dict()
+    assert saved.keys() == start.keys()
+    assert any(not torch.equal(saved[k], start[k]) for k in saved)
+
+    second = [r for r in _two_processes(tmp_path, config, "fsdp2", 29521) if r["step"] == 2]
+    assert [r["start_step"] for r in second] == [1, 1]
+    assert second[0]["before"] == main["after"]              # resumed from the checkpoint
+    assert (Path(config.out_dir) / "checkpoint-000002" / "trainer_state.json").exists()
 
 
 def test_lora_step_trains_adapters_only(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
@@ -229,5 +262,7 @@ def test_accelerate_configs_are_valid(name, kind):
     assert set(nested) <= options, set(nested) - options
     for cls in nested.get("fsdp_transformer_layer_cls_to_wrap", "").split(","):
         assert not cls or isinstance(getattr(qwen, cls, None), type), cls
+    if kind == "FSDP":          # the version and state-dict type the FSDP test runs
+        assert nested["fsdp_version"] == 2 and nested["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     if kind == "DEEPSPEED":     # checkpoints need the gathered 16-bit weights under ZeRO-3
         assert nested["zero_stage"] == 3 and nested["zero3_save_16bit_model"] is True

@@ -1,0 +1,74 @@
+"""Run under `torch.distributed.run`: one GRPO step, then each process reports on its
+weights as JSON, so the tests can check what DDP or FSDP did across processes.
+
+    dist_step.py CONFIG_JSON OUT_DIR {ddp|fsdp2}
+
+accelerate runs FSDP on GPUs only; for ``fsdp2`` this script sets the distributed type
+of a CPU (gloo) accelerator to FSDP by hand, with the plugin settings of
+configs/accelerate_fsdp.yaml, so the trainer's own FSDP code paths run (sharded prepare,
+generation with gathered layers, state-dict gathering, save/resume).
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from socio_reasoner.data.socioseg import SocioSegDataset
+from socio_reasoner.train.config import TrainConfig
+from socio_reasoner.train.grpo import GRPOTrainer
+
+config = TrainConfig(**json.loads(sys.argv[1]))
+out, mode = Path(sys.argv[2]), sys.argv[3]
+
+
+def accelerator():
+    from accelerate import Accelerator, DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.state import PartialState
+
+    acc = Accelerator(cpu=True)
+    if mode == "fsdp2":     # both states: AcceleratorState re-reads PartialState's
+        acc.state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(**shipped_fsdp_options())
+    return acc
+
+
+def shipped_fsdp_options() -> dict:
+    """The plugin settings of configs/accelerate_fsdp.yaml, as `accelerate launch` passes them."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    fsdp = yaml.safe_load((repo / "configs" / "accelerate_fsdp.yaml").read_text())["fsdp_config"]
+    return {"fsdp_version": fsdp["fsdp_version"],
+            "reshard_after_forward": fsdp["fsdp_reshard_after_forward"],
+            "auto_wrap_policy": fsdp["fsdp_auto_wrap_policy"].lower(),
+            "transformer_cls_names_to_wrap": fsdp["fsdp_transformer_layer_cls_to_wrap"].split(","),
+            "state_dict_type": fsdp["fsdp_state_dict_type"]}
+
+
+def full_digest(trainer) -> tuple[str, int]:
+    """Digest of the whole model (gathered from the shards under FSDP) and its size."""
+    state = trainer.acc.get_state_dict(trainer.model)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().to(torch.float32).numpy().tobytes())
+    return digest.hexdigest(), sum(v.numel() for v in state.values())
+
+
+trainer = GRPOTrainer(config, accelerator=accelerator())
+rank = trainer.acc.process_index
+start_step = trainer.step
+before, full = full_digest(trainer)
+local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+            for p in trainer.model.parameters())
+metrics = trainer.fit(SocioSegDataset.open(config.data, split=config.split), steps=start_step + 1)[-1]
+after, _ = full_digest(trainer)
+Path(out, f"rank{rank}-step{trainer.step}.json").write_text(json.dumps(
+    {"before": before, "after": after, "full_params": full, "local_params": local,
+     "world": trainer.acc.num_processes, "type": str(trainer.acc.distributed_type),
+     "start_step": start_step, "step": trainer.step, "loss": metrics["loss"],
+     "response_tokens": metrics["response_tokens"]}))
