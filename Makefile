@@ -19,6 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export QT_QPA_PLATFORM := offscreen
 export SAM2_BUILD_CUDA := 0
+export DS_BUILD_OPS := 0
 export MPLBACKEND := Agg
 
 .PHONY: setup system-deps engine-env qgis-env test test-engine test-qgis demo lint package clean

@@ -120,28 +120,20 @@ class GRPOTrainer:
                     r=config.lora_rank, lora_alpha=config.lora_alpha,
                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
             self.reference = None       # the adapters disabled are the reference
-        elif resume:                    # the reference stays the starting weights
+        elif resume or self._sharded() == "zero3":
+            # the starting weights; under ZeRO-3 transformers loads them partitioned, and a
+            # copy of partitioned parameters is no model
             self.reference = TransformersVLM(config.model, device=str(self.acc.device),
                                              dtype=config.weights_dtype).model.eval().requires_grad_(False)
         else:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         model.train()
+        self._set_deepspeed_batch_size()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.policy.model = self.acc.unwrap_model(self.model)
-        if self._sharded():
-            self.policy.inference_mode = False
-            # answers of different lengths on each process: all step until all are done
-            self.policy.synced_gpus = self.acc.num_processes > 1
-        if self._sharded() == "fsdp2":
-            # FSDP2 sets itself up in the first forward, which must be the root's, while
-            # generate runs the vision tower alone first: make one tiny root forward now
-            with torch.no_grad():
-                ids = torch.tensor([[self.policy.processor.tokenizer.eos_token_id]],
-                                   device=self.acc.device)
-                self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
-            self.model.reshard()        # the root keeps its weights gathered after a forward
+        self._prepare_sharded()
         self.segmenter = build_segmenter({
             "segmenter": config.segmenter, "segmenter_checkpoint": config.segmenter_checkpoint,
             "segmenter_variant": config.segmenter_variant, "device": str(self.acc.device)})
@@ -153,6 +145,43 @@ class GRPOTrainer:
         if resume:
             self.acc.load_state(str(resume / "state"))
             self.step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
+
+    def _set_deepspeed_batch_size(self) -> None:
+        """DeepSpeed wants a batch size it cannot infer without a DataLoader; it only logs
+        with it (the loop sets the accumulation of each step itself)."""
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if plugin is not None and plugin.deepspeed_config.get(
+                "train_micro_batch_size_per_gpu", "auto") == "auto":
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.micro_batch_size
+
+    def _prepare_sharded(self) -> None:
+        """What sharded weights need beyond ``accelerator.prepare``."""
+        import torch
+
+        kind = self._sharded()
+        if kind is None:
+            return
+        self.policy.inference_mode = False
+        # answers of different lengths on each process: all step until all are done
+        self.policy.synced_gpus = self.acc.num_processes > 1
+        if kind == "fsdp2":
+            # FSDP2 sets itself up in the first forward, which must be the root's, while
+            # generate runs the vision tower alone first: make one tiny root forward now
+            with torch.no_grad():
+                ids = torch.tensor([[self.policy.processor.tokenizer.eos_token_id]],
+                                   device=self.acc.device)
+                self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            self.model.reshard()        # the root keeps its weights gathered after a forward
+        if kind == "zero3" and self.reference is not None:
+            # the partitioned reference runs in an inference engine, which gathers each
+            # layer's weights for its forward (the settings are the training engine's)
+            import deepspeed
+
+            ds_config = copy.deepcopy(self.acc.state.deepspeed_plugin.deepspeed_config)
+            for key in ("optimizer", "scheduler"):
+                ds_config.pop(key, None)
+            self.reference, *_ = deepspeed.initialize(model=self.reference, config=ds_config)
+            self.reference.eval()
 
     # ------------------------------------------------------------------ one step
     def generation_config(self):
@@ -179,8 +208,8 @@ class GRPOTrainer:
         wrapped layer in its own forward, but the root's own parameters (embeddings, the
         vision patch embedding, the head) only in the root's forward, and generate runs
         the vision tower before that: gather them here. ZeRO-3 gathers everything once
-        rather than layer by layer at every token. FSDP2 on two CPU processes is tested;
-        FSDP1 and ZeRO-3 have not run here (accelerate runs them on GPUs only)."""
+        rather than layer by layer at every token. FSDP2 and ZeRO-3 run in the tests (two
+        CPU processes); FSDP1 has not run here."""
         kind = self._sharded()
         if kind == "fsdp2":
             return _unsharded_root(self.model)

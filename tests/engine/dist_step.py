@@ -1,12 +1,14 @@
 """Run under `torch.distributed.run`: one GRPO step, then each process reports on its
 weights as JSON, so the tests can check what DDP or FSDP did across processes.
 
-    dist_step.py CONFIG_JSON OUT_DIR {ddp|fsdp2}
+    dist_step.py CONFIG_JSON OUT_DIR {ddp|fsdp2|zero3}
 
-accelerate runs FSDP on GPUs only; for ``fsdp2`` this script sets the distributed type
-of a CPU (gloo) accelerator to FSDP by hand, with the plugin settings of
-configs/accelerate_fsdp.yaml, so the trainer's own FSDP code paths run (sharded prepare,
-generation with gathered layers, state-dict gathering, save/resume).
+accelerate runs FSDP and DeepSpeed on GPUs only. For ``fsdp2`` this script sets the
+distributed type of a CPU (gloo) accelerator to FSDP by hand, with the plugin settings of
+configs/accelerate_fsdp.yaml; for ``zero3`` (run with ACCELERATE_USE_DEEPSPEED=true and
+DS_ACCELERATOR=cpu) it gives accelerate the process count it misses on CPUs, with the
+settings of configs/accelerate_deepspeed_zero3.yaml. The trainer's own code paths then
+run: sharded prepare, generation with gathered weights, state-dict gathering, save/resume.
 """
 
 import hashlib
@@ -28,12 +30,32 @@ def accelerator():
     from accelerate import Accelerator, DistributedType, FullyShardedDataParallelPlugin
     from accelerate.state import PartialState
 
+    if mode == "zero3":
+        import torch.distributed as dist
+        from accelerate import DeepSpeedPlugin
+
+        acc = Accelerator(deepspeed_plugin=DeepSpeedPlugin(**shipped_deepspeed_options()))
+        world = {"num_processes": dist.get_world_size(), "process_index": dist.get_rank(),
+                 "local_process_index": dist.get_rank()}
+        PartialState._shared_state.update(world)
+        for key, value in world.items():
+            setattr(acc.state, key, value)
+        return acc
     acc = Accelerator(cpu=True)
     if mode == "fsdp2":     # both states: AcceleratorState re-reads PartialState's
         acc.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
         acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(**shipped_fsdp_options())
     return acc
+
+
+def shipped_deepspeed_options() -> dict:
+    """The plugin settings of configs/accelerate_deepspeed_zero3.yaml."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    path = repo / "configs" / "accelerate_deepspeed_zero3.yaml"
+    return yaml.safe_load(path.read_text())["deepspeed_config"]
 
 
 def shipped_fsdp_options() -> dict:
@@ -51,7 +73,7 @@ def shipped_fsdp_options() -> dict:
 
 def full_digest(trainer) -> tuple[str, int]:
     """Digest of the whole model (gathered from the shards under FSDP) and its size."""
-    state = trainer.acc.get_state_dict(trainer.model)
+    state = trainer.acc.get_state_dict(trainer.model) or {}   # sharded: rank 0 only
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
@@ -63,8 +85,16 @@ trainer = GRPOTrainer(config, accelerator=accelerator())
 rank = trainer.acc.process_index
 start_step = trainer.step
 before, full = full_digest(trainer)
-local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-            for p in trainer.model.parameters())
+
+
+def local_numel(p) -> int:
+    """Elements this process holds: FSDP2's DTensor shard, ZeRO-3's partition, or all."""
+    if hasattr(p, "ds_tensor"):
+        return p.ds_tensor.numel()
+    return p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+
+
+local = sum(local_numel(p) for p in trainer.model.parameters())
 metrics = trainer.fit(SocioSegDataset.open(config.data, split=config.split), steps=start_step + 1)[-1]
 after, _ = full_digest(trainer)
 Path(out, f"rank{rank}-step{trainer.step}.json").write_text(json.dumps(

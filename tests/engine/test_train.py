@@ -180,13 +180,23 @@ def test_sft_step(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
     assert (Path(config.out_dir) / "final" / "model.safetensors").exists()
 
 
-def _two_processes(tmp_path, config, mode: str, port: int) -> list[dict]:
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(tmp_path, config, mode: str) -> list[dict]:
     out = tmp_path / "reports"
     out.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if mode == "zero3":
+        env.update(ACCELERATE_USE_DEEPSPEED="true", DS_ACCELERATOR="cpu")
     # torchrun sets RANK/WORLD_SIZE; Accelerator(cpu=True) then runs over gloo.
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                    "--master_port", str(port), str(REPO / "tests" / "engine" / "dist_step.py"),
+                    "--master_port", str(_free_port()), str(REPO / "tests" / "engine" / "dist_step.py"),
                     json.dumps(config.to_dict()), str(out), mode],
                    check=True, env=env, cwd=tmp_path, timeout=600)
     reports = sorted(out.glob("rank*.json"))
@@ -196,7 +206,7 @@ def _two_processes(tmp_path, config, mode: str, port: int) -> list[dict]:
 def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
     config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
                          save_every=0, weight_decay=0.0)
-    ranks = _two_processes(tmp_path, config, "ddp", 29517)
+    ranks = _two_processes(tmp_path, config, "ddp")
     assert len(ranks) == 2 and ranks[0]["world"] == 2 and ranks[0]["type"].endswith("MULTI_CPU")
     assert ranks[0]["after"] != ranks[0]["before"]
     # each process rolled out its own sample, so only synchronised gradients agree
@@ -205,16 +215,19 @@ def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm
     assert np.isfinite(ranks[0]["loss"]) and np.isfinite(ranks[1]["loss"])
 
 
-def test_fsdp_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
-    """FSDP2 with the weights sharded over two processes: each process samples answers of
-    its own lengths (generation must keep the shard gathering in step), the step changes
-    the whole model, the checkpoint holds the gathered weights, and a new launch resumes."""
+@pytest.mark.parametrize("mode, kind", [("fsdp2", "FSDP"), ("zero3", "DEEPSPEED")])
+def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, taught_vlm_dir,
+                                                         tiny_sam2, mode, kind):
+    """FSDP2 and DeepSpeed ZeRO-3 with the weights sharded over two processes, configured
+    as the shipped accelerate configs: each process samples answers of its own lengths
+    (generation must keep the shard gathering in step), the step changes the whole
+    model, the checkpoint holds the gathered weights, and a new launch resumes."""
     from socio_reasoner.models.vlm import TransformersVLM
 
     config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
                          save_every=1, weight_decay=0.0)
-    first = _two_processes(tmp_path, config, "fsdp2", 29519)
-    assert [r["step"] for r in first] == [1, 1] and first[0]["type"].endswith("FSDP")
+    first = _two_processes(tmp_path, config, mode)
+    assert [r["step"] for r in first] == [1, 1] and first[0]["type"].endswith(kind)
     main = first[0]                           # the gathered weights are on rank 0 only
     assert main["full_params"] > 0 and first[1]["full_params"] == 0
     assert all(r["local_params"] < 0.75 * main["full_params"] for r in first)    # sharded
@@ -226,7 +239,7 @@ def test_fsdp_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, taught
     assert saved.keys() == start.keys()
     assert any(not torch.equal(saved[k], start[k]) for k in saved)
 
-    second = [r for r in _two_processes(tmp_path, config, "fsdp2", 29521) if r["step"] == 2]
+    second = [r for r in _two_processes(tmp_path, config, mode) if r["step"] == 2]
     assert [r["start_step"] for r in second] == [1, 1]
     assert second[0]["before"] == main["after"]              # resumed from the checkpoint
     assert (Path(config.out_dir) / "checkpoint-000002" / "trainer_state.json").exists()
