@@ -167,7 +167,9 @@ def cmd_train(args) -> int:
 
     config = _train_config(args)
     dataset = SocioSegDataset.open(config.data, split=config.split)
-    history = GRPOTrainer(config).fit(dataset)
+    trainer = GRPOTrainer(config)
+    history = trainer.fit(dataset)
+    trainer.acc.end_training()    # leaves the process group: processes exit cleanly
     if history:
         last = history[-1]
         print(f"step {last['step']}: reward stage1 {last['reward_stage1']:.3f}, "

@@ -39,14 +39,15 @@ Threading
     worker; only the main thread touches QGIS objects.
 
 The engine worker
-    One module-level ``EngineSession`` serves every run of this algorithm: models load on
-    the first run and stay loaded, so batch rows and model iterations do not reload a
-    multi-gigabyte model each time. A run with other models reloads them; another engine
-    Python (or offline setting) restarts the worker. The provider's ``unload()`` (plugin
-    unload) calls ``shutdown_engine()``; a worker whose QGIS process ends exits on its own
-    (its stdin closes). The dock keeps its own worker: Processing runs do not disturb a
-    dock run, at the price of a second copy of the models while both are warm. Runs of this
-    algorithm never overlap: a second one started while one waits on the engine is refused.
+    The plugin's one worker (``ui/session.py``) serves every run of this algorithm and
+    the dock: models load on the first run and stay loaded, so batch rows and model
+    iterations do not reload a multi-gigabyte model each time, and the dock does not
+    hold a second copy. A run with other models reloads them; another engine Python (or
+    offline setting) restarts the worker. Requests are serialised: a Processing run
+    during a dock run takes turns with it, tile by tile. The provider's ``unload()``
+    (plugin unload) calls ``shutdown_engine()``; a worker whose QGIS process ends exits on
+    its own (its stdin closes). Runs of this algorithm never overlap: a second one started
+    while one waits on the engine is refused.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ from ..socio_reasoner.errors import CancelledError, SocioReasonerError
 from .capture import CaptureError, capture_view, plan_capture
 from .controller import local_raster_spec, merge_replies, tile_view
 from .layers import RESULT_FIELDS, _fields, geometry_from_geojson
-from .session import EngineSession
+from .session import EngineSession, shared_worker
 from .settings import EngineSettings
 
 ALGORITHM_ID = "findentities"
@@ -127,26 +128,18 @@ def tr(text):
 
 # ------------------------------------------------------------------ the shared worker
 
-_session: EngineSession | None = None
 _busy = threading.Lock()       # held while a run talks to the engine
 
 
 def engine_session(settings: EngineSettings) -> EngineSession:
-    """The module's engine session, switched to ``settings`` (the session restarts its
-    worker when the engine Python or the offline flag changed)."""
-    global _session
-    if _session is None:
-        _session = EngineSession(settings)
-    _session.settings = settings
-    return _session
+    """These settings over the plugin's one engine worker (shared with the dock, so
+    models load once; it restarts when the engine Python or the offline flag changed)."""
+    return EngineSession(settings)
 
 
 def shutdown_engine() -> None:
-    """Stop the worker that Processing runs use (the provider calls this on unload)."""
-    global _session
-    if _session is not None:
-        _session.shutdown()
-        _session = None
+    """Stop the engine worker (the provider calls this on unload)."""
+    shared_worker().shutdown()
 
 
 # ------------------------------------------------------------------ settings

@@ -1,59 +1,109 @@
-"""One engine worker per QGIS session, started on first use and kept warm.
+"""The QGIS process's one engine worker, started on first use and kept warm.
 
-Models load once and stay loaded between "Find in view" clicks; changing the models in
-the settings reloads them (the worker unloads the old ones first).
+The dock and the Processing algorithm share it, so models load once however the user
+runs the engine (a second 3B model would not fit many GPUs). Each caller holds an
+`EngineSession` with its own settings; requests are serialised, and before each one the
+worker is (re)started or the models (re)loaded if that caller's settings differ from what
+the worker runs.
 """
 
+import contextlib
 import os
+import threading
 
+from ..socio_reasoner.errors import CancelledError
 from ..socio_reasoner.worker.client import WorkerClient
 
 
-class EngineSession:
-    """Owns the worker process; used from QgsTask threads, one request at a time."""
+class SharedWorker:
+    """The worker process and what it was started and loaded with."""
 
-    def __init__(self, settings):
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.client = None
+        self.started_with = None    # (python, offline): fixed at process start
+        self.loaded_spec = None
+
+    def shutdown(self) -> None:
+        with self.lock:
+            if self.client is not None:
+                self.client.stop()
+            self.client = None
+            self.started_with = None
+            self.loaded_spec = None
+
+
+_worker = SharedWorker()
+
+
+def shared_worker() -> SharedWorker:
+    return _worker
+
+
+class EngineSession:
+    """A caller's settings over the shared worker; usable from any thread."""
+
+    def __init__(self, settings, worker: SharedWorker | None = None):
         self.settings = settings
-        self._client = None
-        self._started_with = None   # (python, offline) the running worker was started with
-        self._loaded_spec = None
+        self._worker = worker or _worker
+
+    @contextlib.contextmanager
+    def _locked(self, is_cancelled=None):
+        """The worker's lock, waited for while another caller's request runs (cancellable)."""
+        lock = self._worker.lock
+        while not lock.acquire(timeout=0.1):
+            if is_cancelled is not None and is_cancelled():
+                raise CancelledError("Cancelled.")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def client(self) -> WorkerClient:
         """The worker, restarted when the engine Python or the offline flag changed (both
         are fixed at process start); a model change only reloads models."""
-        wanted = (self.settings.python_path(), self.settings.offline)
-        if self._client is None or self._started_with != wanted:
-            self.shutdown()
-            env = {"HF_HUB_OFFLINE": "1"} if self.settings.offline else {}
-            self._client = WorkerClient(wanted[0], env=env)
-            self._started_with = wanted
-        return self._client
+        w = self._worker
+        with self._locked():
+            wanted = (self.settings.python_path(), self.settings.offline)
+            if w.client is None or w.started_with != wanted:
+                w.shutdown()
+                env = {"HF_HUB_OFFLINE": "1"} if self.settings.offline else {}
+                w.client = WorkerClient(wanted[0], env=env)
+                w.started_with = wanted
+            return w.client
 
     def ensure_loaded(self, on_progress=None, is_cancelled=None) -> dict:
-        """Start the worker and load the configured models unless already loaded."""
-        spec = self.settings.model_spec()
-        client = self.client()
-        if spec == self._loaded_spec and client.is_running():
+        """Start the worker and load this caller's models unless they are loaded."""
+        w = self._worker
+        with self._locked(is_cancelled):
+            spec = self.settings.model_spec()
+            client = self.client()
+            if spec == w.loaded_spec and client.is_running():
+                return spec
+            w.loaded_spec = None
+            client.request("load", spec, on_progress=on_progress, is_cancelled=is_cancelled,
+                           timeout_s=max(self.settings.timeout_s, 1800))
+            w.loaded_spec = spec
             return spec
-        client.request("load", spec, on_progress=on_progress, is_cancelled=is_cancelled,
-                       timeout_s=max(self.settings.timeout_s, 1800))
-        self._loaded_spec = spec
-        return spec
 
     def request(self, method, params, on_progress=None, is_cancelled=None) -> dict:
-        return self.client().request(method, params, on_progress=on_progress,
-                                     is_cancelled=is_cancelled, timeout_s=self.settings.timeout_s)
+        """One request with this caller's models (reloaded first if another caller's
+        were loaded in between)."""
+        with self._locked(is_cancelled):
+            self.ensure_loaded(on_progress, is_cancelled)
+            return self.client().request(method, params, on_progress=on_progress,
+                                         is_cancelled=is_cancelled,
+                                         timeout_s=self.settings.timeout_s)
 
     def log_tail(self) -> str:
-        return self._client.log_tail() if self._client else ""
+        client = self._worker.client
+        return client.log_tail() if client else ""
 
     @property
     def log_path(self) -> str:
-        return os.fspath(self._client.log_path) if self._client else ""
+        client = self._worker.client
+        return os.fspath(client.log_path) if client else ""
 
     def shutdown(self) -> None:
-        if self._client is not None:
-            self._client.stop()
-        self._client = None
-        self._started_with = None
-        self._loaded_spec = None
+        """Stop the shared worker (plugin unload)."""
+        self._worker.shutdown()

@@ -155,7 +155,9 @@ def test_cancel_mid_run_and_a_killed_worker(scene):
     while "stage 1" not in dock.status_label.text() and time.monotonic() < deadline:
         QCoreApplication.processEvents()
         time.sleep(0.01)
-    controller.session._client._proc.kill()                 # the worker crashes
+    from socioreasoner.ui.session import shared_worker
+
+    shared_worker().client._proc.kill()                      # the worker crashes
     outcome = wait_for(controller)
     assert type(outcome).__name__ == "Failed" and "stopped unexpectedly" in outcome.message
     critical = controller.iface.messageBar().get_messages(Qgis.MessageLevel.Critical)

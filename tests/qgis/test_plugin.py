@@ -144,12 +144,12 @@ def assert_nothing_left(iface, gui, old_dock, old_action):
 
 def assert_no_provider():
     """The Processing provider, its algorithm and the Processing engine worker are gone."""
-    from socioreasoner.ui import processing_algorithm
+    from socioreasoner.ui.session import shared_worker
 
     registry = QgsApplication.processingRegistry()
     assert registry.providerById(PROVIDER_ID) is None, "the Processing provider is still registered"
     assert registry.algorithmById(ALG_ID) is None
-    assert processing_algorithm._session is None
+    assert shared_worker().client is None
 
 
 def test_load_toggle_unload_reload(plugin_package, gui_iface):

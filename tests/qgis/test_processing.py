@@ -69,8 +69,8 @@ def processing(plugin_package, qgis_app):
             sys.path.append(path)
     processing = pytest.importorskip("processing")
     from processing.core.Processing import Processing
-    from socioreasoner.ui import processing_algorithm
     from socioreasoner.ui.processing_provider import SocioReasonerProvider
+    from socioreasoner.ui.session import shared_worker
 
     Processing.initialize()
     registry = QgsApplication.processingRegistry()
@@ -80,7 +80,7 @@ def processing(plugin_package, qgis_app):
     yield processing
     registry.removeProvider(provider)          # unload() stops the shared worker
     assert registry.providerById("socioreasoner") is None
-    assert processing_algorithm._session is None
+    assert shared_worker().client is None
 
 
 @pytest.fixture
@@ -278,7 +278,7 @@ def test_a_wide_extent_runs_per_tile_and_merges(scene):
 @needs_engine
 def test_batch_rows_reuse_the_loaded_models(scene):
     """Runs with the same models talk to the same worker and do not reload them."""
-    from socioreasoner.ui import processing_algorithm
+    from socioreasoner.ui.session import shared_worker
 
     processing, layers, _ = scene
     params = {"EXTENT": "2777000,2777600,8438000,8438400 [EPSG:3857]",
@@ -292,9 +292,41 @@ def test_batch_rows_reuse_the_loaded_models(scene):
         texts.append(feedback.texts)
         assert feedback.progress() == pytest.approx(100)
     assert counts == [1, 1, 1]
-    client = processing_algorithm._session._client
+    client = shared_worker().client
     assert client.is_running()
     assert not any("loading models" in t for t in texts[1] + texts[2])
+
+
+@needs_engine
+def test_the_dock_and_processing_share_one_worker(scene):
+    """One worker for the plugin: a dock session with the models Processing loaded uses
+    them as they are; other models are loaded for the request that needs them, and the
+    next request of the first caller gets its own back."""
+    from socioreasoner.ui.processing_algorithm import engine_session, engine_settings
+    from socioreasoner.ui.session import EngineSession, shared_worker
+
+    processing, layers, _ = scene
+    params = {"EXTENT": "2777000,2777600,8438000,8438400 [EPSG:3857]",
+              "SATELLITE": layers["sat"], "MAP": layers["map"], "MODE": "stage1",
+              "QUERY": "school", "ENGINE_SPEC": spec([S1]), "OUTPUT": "TEMPORARY_OUTPUT"}
+    assert processing.run(ALG_ID, params)["OUTPUT"].featureCount() == 1
+    proc_settings = engine_session(engine_settings(spec([S1]))).settings
+    worker = shared_worker()
+    pid = worker.client._proc.pid
+    loads = []
+
+    def watch(f, message):
+        loads.append(message)
+
+    dock = EngineSession(proc_settings)                       # the same models
+    assert dock.ensure_loaded(watch) == proc_settings.model_spec() and loads == []
+    other = EngineSession(engine_settings(spec([TWO])))
+    other.ensure_loaded(watch)
+    assert worker.loaded_spec == other.settings.model_spec() and loads   # reloaded
+    loads.clear()
+    reply = dock.request("hello", {}, on_progress=watch)      # its own models come back
+    assert worker.loaded_spec == proc_settings.model_spec() and loads and reply
+    assert worker.client._proc.pid == pid                     # never a second process
 
 
 @needs_engine
