@@ -56,8 +56,14 @@ class ModelFrame:
 
     @classmethod
     def for_tile(cls, width: int, height: int, **resize_kwargs) -> ModelFrame:
+        """The frame of Qwen2.5-VL's default processor bounds."""
         fh, fw = smart_resize(height, width, **resize_kwargs)
         return cls((width, height), (fw, fh))
+
+    @classmethod
+    def of(cls, vlm, width: int, height: int) -> ModelFrame:
+        """The frame ``vlm`` sees a tile in (its processor may have other pixel bounds)."""
+        return cls((width, height), tuple(int(v) for v in vlm.model_frame(width, height)))
 
     @property
     def scale_xy(self) -> tuple[float, float]:

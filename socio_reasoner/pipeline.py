@@ -196,7 +196,7 @@ class SocioReasoner:
                 raise ShapeMismatchError(f"Map {map_image.shape} and satellite {sat_image.shape} "
                                          "must both be H×W×3 on one grid.")
             h, w = sat_image.shape[:2]
-            frame = ModelFrame.for_tile(w, h)
+            frame = ModelFrame.of(self.vlm, w, h)
             fw, fh = frame.frame_wh
             items.append(_Item(query, frame, resize_rgb(map_image, fw, fh),
                                resize_rgb(sat_image, fw, fh)))
@@ -245,7 +245,7 @@ class SocioReasoner:
         Returns (tile-sized mask, tile-sized per-object masks, scores).
         """
         h, w = sat_image.shape[:2]
-        frame = ModelFrame.for_tile(w, h)
+        frame = ModelFrame.of(self.vlm, w, h)
         self.set_image(resize_rgb(sat_image, *frame.frame_wh))
         masks, scores = self.segment(object_prompts, use_points=True)
         tile_masks = [resize_mask(m, w, h) for m in masks]

@@ -84,7 +84,7 @@ def rollout_sample(policy, segmenter, sample, group_size: int, config: Generatio
     paper's Algorithm 1).
     """
     h, w = sample.mask.shape
-    frame = ModelFrame.for_tile(w, h)
+    frame = ModelFrame.of(policy, w, h)
     fw, fh = frame.frame_wh
     map_f, sat_f = resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)
     truth_f = resize_mask(sample.mask, fw, fh)

@@ -20,10 +20,11 @@ from .rewards import truth_boxes
 from .rollout import Trajectory, pixel_digest
 
 
-def target_answers(sample, rng: random.Random, points_per_box: int = 2):
-    """(frame, map, sat, truth boxes, stage-1 answer, stage-2 answer) for one sample."""
+def target_answers(sample, rng: random.Random, points_per_box: int = 2, vlm=None):
+    """(frame, mask in frame, truth boxes, stage-1 answer, stage-2 answer) for one sample,
+    in ``vlm``'s frame (the default processor's without one)."""
     h, w = sample.mask.shape
-    frame = ModelFrame.for_tile(w, h)
+    frame = ModelFrame.of(vlm, w, h) if vlm is not None else ModelFrame.for_tile(w, h)
     fw, fh = frame.frame_wh
     mask_f = resize_mask(sample.mask, fw, fh)
     boxes = truth_boxes(sample.mask, frame.frame_wh)
@@ -40,7 +41,7 @@ def target_answers(sample, rng: random.Random, points_per_box: int = 2):
 
 def sft_examples(policy, sample, rng: random.Random, points_per_box: int = 2) -> list[Trajectory]:
     """Two teacher-forced examples (stage 1 and stage 2) as Trajectory objects."""
-    frame, mask_f, boxes, s1, s2 = target_answers(sample, rng, points_per_box)
+    frame, mask_f, boxes, s1, s2 = target_answers(sample, rng, points_per_box, policy)
     fw, fh = frame.frame_wh
     map_f, sat_f = resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)
     fb = [draw_feedback(map_f, mask_f, boxes), draw_feedback(sat_f, mask_f, boxes)]
@@ -126,7 +127,7 @@ def teach_fixed_answer(model_dir, out_dir, answer: str, samples, steps: int = 40
     examples = []
     for sample in samples:
         h, w = sample.mask.shape
-        fw, fh = ModelFrame.for_tile(w, h).frame_wh
+        fw, fh = ModelFrame.of(policy, w, h).frame_wh
         images = [resize_rgb(sample.map, fw, fh), resize_rgb(sample.sat, fw, fh)]
         inputs = {k: v.cpu() for k, v in policy.prepare(
             [(images, prompts.stage1_prompt(sample.query))]).items()}

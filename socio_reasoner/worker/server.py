@@ -18,6 +18,7 @@ import uuid
 
 from .. import __version__
 from ..errors import CancelledError, ProtocolError, SocioReasonerError, UnknownViewError
+from ..frames import ModelFrame
 from ..models.base import GenerationConfig
 from . import protocol
 from .views import ViewCache, load_view, prompt_features, prompts_from_map, result_features
@@ -118,13 +119,19 @@ class Engine:
         reasoner = self._require_models()
         progress(0.0, "reading images")
         specs = params.get("views") or [params]
-        views = [load_view(spec) for spec in specs]
+        views = [self._load_view(spec, reasoner) for spec in specs]
         results = reasoner.run_batch([(v.map.pixels, v.sat.pixels, query) for v in views],
                                      mode=mode, progress=lambda f, m: progress(0.05 + 0.9 * f, m),
                                      cancel=cancel)
         outs = [self._run_reply(spec, view, result, query, mode, params)
                 for spec, view, result in zip(specs, views, results, strict=True)]
         return outs[0] if "views" not in params else {"results": outs}
+
+    @staticmethod
+    def _load_view(params: dict, reasoner):
+        view = load_view(params)
+        view.frame_wh = ModelFrame.of(reasoner.vlm, view.grid.width, view.grid.height).frame_wh
+        return view
 
     def _run_reply(self, spec, view, result, query, mode, params) -> dict:
         view_id = spec.get("view_id") or uuid.uuid4().hex
@@ -161,7 +168,7 @@ class Engine:
             if "sat" not in params:
                 raise UnknownViewError(
                     f"Unknown view {view_id!r}: send 'sat' and 'map' again to refine.")
-            view = load_view(params)
+            view = self._load_view(params, reasoner)
             view_id = view_id or uuid.uuid4().hex
             self.views.put(view_id, view)
         items = params.get("prompts") or []

@@ -38,6 +38,7 @@ class View:
 
     map: GeoImage
     sat: GeoImage
+    frame_wh: tuple[int, int] | None = None   # the VLM's frame; the server sets it
 
     @property
     def grid(self) -> Grid:
@@ -45,7 +46,8 @@ class View:
 
     @property
     def frame(self) -> ModelFrame:
-        return ModelFrame.for_tile(self.grid.width, self.grid.height)
+        w, h = self.grid.width, self.grid.height
+        return ModelFrame((w, h), self.frame_wh) if self.frame_wh else ModelFrame.for_tile(w, h)
 
 
 class ViewCache(OrderedDict):

@@ -143,3 +143,20 @@ def test_feedback_rendering_is_pixel_exact():
     assert tuple(out[3, 2]) == (0, 0, 255) and tuple(out[4, 3]) == (0, 0, 255)
     assert tuple(out[5, 4]) == (100, 100, 100)        # just inside the 2-px outline
     assert tuple(out[0, 0]) == (100, 100, 100) and img[7, 7, 0] == 100   # input untouched
+
+
+def test_the_frame_is_the_vlms_own(tile, tiny_vlm_dir):
+    """A VLM loaded with other processor bounds sees tiles in its own frame: the pipeline
+    resizes to it, and prompts map back through it."""
+    from socio_reasoner.models.base import GenerationConfig
+    from socio_reasoner.models.vlm import TransformersVLM
+
+    vlm = TransformersVLM(tiny_vlm_dir, device="cpu", dtype="float32", min_pixels=256 * 256,
+                          max_pixels=448 * 448)
+    assert vlm.model_frame(768, 768) == (420, 420) != ModelFrame.for_tile(768, 768).frame_wh
+    reasoner = SocioReasoner(vlm, BoxSegmenter(), GenerationConfig(max_new_tokens=4))
+    result = reasoner.run(*tile, "school", mode="stage1")
+    assert result.frame == ModelFrame((768, 768), (420, 420))
+    assert result.mask.shape == (768, 768)
+    mask, _, _ = reasoner.refine(tile[1], [ObjectPrompt((0, 0, 210, 210))])
+    assert mask[:380, :380].all() and not mask[390:].any()    # 210 frame px = 384 tile px
