@@ -33,6 +33,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                    help="VLM weights: auto is bf16 on GPUs and on CPUs with AVX512-BF16 or "
                         "AMX (1.5-2x faster there, see bench/README.md), else fp32.")
+    p.add_argument("--vlm-backend", default="transformers", choices=["transformers", "vllm"],
+                   help="vllm (experimental, where vLLM is installed on a CUDA machine): "
+                        "batched evaluation with vLLM's scheduler (default: %(default)s).")
     p.add_argument("--compile-decode", action="store_true",
                    help="CUDA only, experimental: static KV cache + CUDA graphs for decoding "
                         "(~3x faster tokens on an H100 after a ~45 s first-call compile).")
@@ -44,7 +47,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _model_spec(args) -> dict:
     spec = {"vlm": args.vlm, "segmenter": args.segmenter, "device": args.device,
-            "dtype": args.dtype, "compile_decode": args.compile_decode}
+            "dtype": args.dtype, "compile_decode": args.compile_decode,
+            "vlm_backend": args.vlm_backend}
     if args.segmenter_checkpoint:
         spec["segmenter_checkpoint"] = args.segmenter_checkpoint
     elif args.segmenter != DEFAULT_MODELS["segmenter"]:

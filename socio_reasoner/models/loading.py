@@ -1,7 +1,7 @@
 """Build a ``SocioReasoner`` from a plain model spec (what the worker's ``load`` receives).
 
 Spec keys: ``vlm`` (hub id, local folder, or ``"scripted"`` with ``vlm_answers``),
-``segmenter`` (``"sam2"``, ``"sam"`` or ``"box"``), ``segmenter_checkpoint`` (hub id,
+``vlm_backend`` (``"transformers"``, the default, or ``"vllm"``), ``segmenter`` (``"sam2"``, ``"sam"`` or ``"box"``), ``segmenter_checkpoint`` (hub id,
 folder or file), ``segmenter_variant`` and ``device``.
 """
 
@@ -16,6 +16,14 @@ def build_vlm(spec: dict):
         from .scripted import ScriptedVLM
 
         return ScriptedVLM(list(spec.get("vlm_answers") or []), float(spec.get("vlm_delay_s", 0)))
+    backend = spec.get("vlm_backend", "transformers")
+    if backend == "vllm":
+        from .vllm_backend import VLLMVLM
+
+        return VLLMVLM(name, dtype=spec.get("dtype", "auto"),
+                       gpu_memory_utilization=float(spec.get("gpu_memory_utilization", 0.85)))
+    if backend != "transformers":
+        raise ValueError(f"Unknown vlm_backend {backend!r}; use transformers or vllm.")
     from .vlm import TransformersVLM
 
     return TransformersVLM(name, device=spec.get("device", "auto"), dtype=spec.get("dtype", "auto"),

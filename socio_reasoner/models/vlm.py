@@ -67,6 +67,27 @@ def pick_dtype(dtype, device: str):
     return dtype
 
 
+def chat_prompt(processor, n_images: int, text: str) -> str:
+    """One user turn of ``n_images`` images, then ``text``, in the model's chat template."""
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": content}],
+                                         tokenize=False, add_generation_prompt=True)
+
+
+def frame_image(img, model_frame):
+    """``img`` as a PIL image, refused unless H×W×3 uint8 already at its model frame (the
+    model's coordinates are pixels of that frame, so nothing may resize it again)."""
+    from PIL import Image
+
+    arr = np.asarray(img)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"images must be H×W×3 uint8, got {arr.shape} {arr.dtype}")
+    h, w = arr.shape[:2]
+    if model_frame(w, h) != (w, h):
+        raise ValueError(f"image {w}x{h} is not at model frame {model_frame(w, h)}")
+    return Image.fromarray(arr)
+
+
 class TransformersVLM:
     """Qwen2.5-VL (or a same-format model) loaded from a folder or a hub id.
 
@@ -152,25 +173,12 @@ class TransformersVLM:
 
     def prepare(self, requests: list[tuple[list[np.ndarray], str]]):
         """Chat template + processor for a batch; checks every image is already in frame."""
-        from PIL import Image
-
         prompts, flat, grids = [], [], []
         for images, text in requests:
-            content = []
-            for img in images:
-                arr = np.asarray(img)
-                if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-                    raise ValueError(f"images must be H×W×3 uint8, got {arr.shape} {arr.dtype}")
-                h, w = arr.shape[:2]
-                if self.model_frame(w, h) != (w, h):
-                    raise ValueError(f"image {w}x{h} is not at model frame {self.model_frame(w, h)}")
-                flat.append(Image.fromarray(arr))
-                grids.append([1, h // PATCH, w // PATCH])
-                content.append({"type": "image"})
-            content.append({"type": "text", "text": text})
-            conv = [{"role": "user", "content": content}]
-            prompts.append(self.processor.apply_chat_template(conv, tokenize=False,
-                                                              add_generation_prompt=True))
+            pil = [frame_image(img, self.model_frame) for img in images]
+            flat += pil
+            grids += [[1, im.height // PATCH, im.width // PATCH] for im in pil]
+            prompts.append(chat_prompt(self.processor, len(pil), text))
         inputs = self.processor(text=prompts, images=flat or None, do_resize=False, padding=True,
                                 padding_side="left", return_tensors="pt")
         if flat:
