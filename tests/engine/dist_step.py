@@ -100,6 +100,7 @@ after, _ = full_digest(trainer)
 Path(out, f"rank{rank}-step{trainer.step}.json").write_text(json.dumps(
     {"before": before, "after": after, "full_params": full, "local_params": local,
      "world": trainer.acc.num_processes, "type": str(trainer.acc.distributed_type),
+     "mixed_precision": trainer.acc.mixed_precision,
      "start_step": start_step, "step": trainer.step, "loss": metrics["loss"],
      "response_tokens": metrics["response_tokens"]}))
 trainer.acc.end_training()     # as the CLI does: leave the process group before exit

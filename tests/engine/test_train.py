@@ -188,10 +188,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(tmp_path, config, mode: str) -> list[dict]:
+def _two_processes(tmp_path, config, mode: str, mixed_precision: str = "no") -> list[dict]:
     out = tmp_path / "reports"
     out.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_MIXED_PRECISION": mixed_precision}     # as `accelerate launch` sets it
     if mode == "zero3":
         env.update(ACCELERATE_USE_DEEPSPEED="true", DS_ACCELERATOR="cpu")
     # torchrun sets RANK/WORLD_SIZE; Accelerator(cpu=True) then runs over gloo.
@@ -203,11 +204,16 @@ def _two_processes(tmp_path, config, mode: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in reports]
 
 
-def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm_dir, tiny_sam2):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm_dir, tiny_sam2,
+                                                  precision):
+    """DDP, in fp32 and in the shipped configs' bf16 mixed precision (autocast over the fp32
+    weights the trainer keeps)."""
     config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
                          save_every=0, weight_decay=0.0)
-    ranks = _two_processes(tmp_path, config, "ddp")
+    ranks = _two_processes(tmp_path, config, "ddp", precision)
     assert len(ranks) == 2 and ranks[0]["world"] == 2 and ranks[0]["type"].endswith("MULTI_CPU")
+    assert ranks[0]["mixed_precision"] == precision
     assert ranks[0]["after"] != ranks[0]["before"]
     # each process rolled out its own sample, so only synchronised gradients agree
     assert ranks[0]["loss"] != ranks[1]["loss"]
