@@ -34,8 +34,10 @@ def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 
     trajectories in one right-padded forward pass.
 
     The prompts' own tensors from the rollout are fed back — for stage 2 the rendered
-    images — and `check_pixels` refuses anything else. Padding sits after each sequence,
-    so a causal model scores every real token exactly as alone (up to float rounding).
+    images — and `check_pixels` refuses anything else; so are the image-token marks that
+    give image tokens their 2-D positions as in generation. Padding sits after each
+    sequence, so a causal model scores every real token exactly as alone (up to float
+    rounding).
     """
     import torch
 
@@ -49,13 +51,19 @@ def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 
     width = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, seq in enumerate(seqs):
+    kinds = torch.zeros(len(seqs), width, dtype=torch.long)    # answer and padding: text
+    for i, (seq, traj) in enumerate(zip(seqs, trajs, strict=True)):
         ids[i, :len(seq)] = seq
         mask[i, :len(seq)] = 1
+        if "mm_token_type_ids" in traj.inputs:
+            marks = traj.inputs["mm_token_type_ids"][0]
+            kinds[i, :len(marks)] = marks
     kwargs = {}
     if pixels:
         kwargs = {"pixel_values": torch.cat(pixels).to(device),
                   "image_grid_thw": torch.cat(grids).to(device)}
+    if any("mm_token_type_ids" in t.inputs for t in trajs):
+        kwargs["mm_token_type_ids"] = kinds.to(device)
     ids = ids.to(device)
     logits = model(input_ids=ids, attention_mask=mask.to(device), **kwargs).logits
     out = []

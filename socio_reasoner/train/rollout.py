@@ -51,6 +51,8 @@ def _row(inputs: dict, i: int, n_images_per_row: int) -> dict:
     keep = inputs["attention_mask"][i].bool()
     row = {"input_ids": inputs["input_ids"][i][keep][None].cpu(),
            "attention_mask": inputs["attention_mask"][i][keep][None].cpu()}
+    if "mm_token_type_ids" in inputs:   # marks image tokens: Qwen2.5-VL's 3-D positions need it
+        row["mm_token_type_ids"] = inputs["mm_token_type_ids"][i][keep][None].cpu()
     if "pixel_values" in inputs:
         grid = inputs["image_grid_thw"]
         counts = grid.prod(dim=1).tolist()

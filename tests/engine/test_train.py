@@ -134,6 +134,37 @@ def test_micro_batched_loss_pass_gives_the_same_gradients(tmp_path, data_dir, ta
             torch.testing.assert_close(g[name], g1[name], rtol=1e-3, atol=1e-6, msg=name)
 
 
+def test_the_loss_pass_scores_tokens_as_generation_did(tiny_vlm_dir):
+    """The loss pass must give each sampled token the log-probability generation gave it:
+    the same images, and the same (3-D, image-aware) positions, from a left-padded batch."""
+    from socio_reasoner import prompts
+    from socio_reasoner.models.base import GenerationConfig
+    from socio_reasoner.models.vlm import TransformersVLM
+    from socio_reasoner.train.grpo import completion_logprobs
+    from socio_reasoner.train.rollout import _row
+
+    policy = TransformersVLM(tiny_vlm_dir, device="cpu", dtype="float32")
+    w, h = policy.model_frame(128, 128)
+    rng = np.random.default_rng(3)
+    requests = [([rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)],
+                 prompts.stage1_prompt(q)) for q in ("school", "where children study")]
+    inputs = policy.prepare(requests)
+    config = GenerationConfig(max_new_tokens=6, min_new_tokens=6)
+    with torch.no_grad():
+        out = policy.model.generate(**inputs, **policy._gen_kwargs(config), output_logits=True,
+                                    return_dict_in_generate=True)
+    prompt_len = inputs["input_ids"].shape[1]
+    assert len(set(inputs["attention_mask"].sum(1).tolist())) == 2        # padding is exercised
+    for i in range(len(requests)):
+        ids = out.sequences[i, prompt_len:]
+        generated = torch.stack([torch.log_softmax(step[i].float(), -1)[t]
+                                 for step, t in zip(out.logits, ids, strict=True)])
+        traj = Trajectory(_row(inputs, i, 2), ids, "", 0.0, None, "stage1", 0)
+        with torch.no_grad():
+            scored = completion_logprobs(policy.model, traj, "cpu")
+        torch.testing.assert_close(scored, generated, atol=2e-4, rtol=1e-4)
+
+
 def test_stage2_trajectories_carry_the_rendered_images(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
     import random
 
