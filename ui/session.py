@@ -4,7 +4,8 @@ The dock and the Processing algorithm share it, so models load once however the 
 runs the engine (a second 3B model would not fit many GPUs). Each caller holds an
 `EngineSession` with its own settings; requests are serialised, and before each one the
 worker is (re)started or the models (re)loaded if that caller's settings differ from what
-the worker runs.
+the worker runs. (So a dock run and a Processing run with different models at the same
+time take turns reloading them, tile by tile: slow, never wrong.)
 """
 
 import contextlib
@@ -25,12 +26,14 @@ class SharedWorker:
         self.loaded_spec = None
 
     def shutdown(self) -> None:
-        with self.lock:
-            if self.client is not None:
-                self.client.stop()
-            self.client = None
-            self.started_with = None
-            self.loaded_spec = None
+        """Stop the worker now, without waiting for a caller's request to end (that could
+        hold QGIS's main thread for minutes at unload): the request then ends with the
+        worker's 'stopped' error."""
+        client, self.client = self.client, None
+        self.started_with = None
+        self.loaded_spec = None
+        if client is not None:
+            client.stop()
 
 
 _worker = SharedWorker()

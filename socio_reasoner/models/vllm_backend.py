@@ -31,12 +31,20 @@ from .vlm import chat_prompt, frame_image
 IMAGES_PER_PROMPT = 2   # map and satellite
 
 
-def sampling_kwargs(config: GenerationConfig, index: int = 0) -> dict:
+VLLM_DTYPES = {"auto": "bfloat16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+               "fp16": "float16", "float16": "float16", "fp32": "float32", "float32": "float32"}
+
+
+def sampling_kwargs(config: GenerationConfig, index: int = 0,
+                    stop_token_ids: list[int] | None = None) -> dict:
     """``vllm.SamplingParams`` arguments for one request of a batch. Greedy is
     temperature 0; sampled requests get seeds ``seed + index``, so identical requests of
-    a batch (a GRPO group) differ, and a batch is reproducible."""
+    a batch (a GRPO group) differ, and a batch is reproducible. ``stop_token_ids``: the
+    end tokens the transformers backend stops at (the model's generation config)."""
     kwargs = {"max_tokens": config.max_new_tokens, "min_tokens": config.min_new_tokens,
               "repetition_penalty": 1.0, "skip_special_tokens": True}
+    if stop_token_ids:
+        kwargs["stop_token_ids"] = list(stop_token_ids)
     if config.do_sample:
         kwargs.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                       seed=config.seed + index)
@@ -70,12 +78,18 @@ class VLLMVLM:
         path = resolve_model_dir(model, revision=revision)
         self.name = f"vllm:{model}"
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
+        if dtype not in VLLM_DTYPES:
+            raise ValueError(f"Unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32.")
         try:
             from transformers import AutoProcessor
+            from transformers import GenerationConfig as HFGenerationConfig
 
             self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+            eos = HFGenerationConfig.from_pretrained(path).eos_token_id
+            eos = self.processor.tokenizer.eos_token_id if eos is None else eos
+            self.stop_token_ids = [eos] if isinstance(eos, int) else list(eos)
             self.llm = LLM(
-                model=str(path), dtype="bfloat16" if dtype in ("auto", "bf16") else dtype,
+                model=str(path), dtype=VLLM_DTYPES[dtype],
                 trust_remote_code=False, seed=seed, max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
                 limit_mm_per_prompt={"image": IMAGES_PER_PROMPT, "video": 0},
@@ -99,7 +113,8 @@ class VLLMVLM:
         config = config or GenerationConfig()
         t0 = time.perf_counter()
         prompts = [self.request(images, text) for images, text in requests]
-        params = [SamplingParams(**sampling_kwargs(config, i)) for i in range(len(prompts))]
+        params = [SamplingParams(**sampling_kwargs(config, i, self.stop_token_ids))
+                  for i in range(len(prompts))]
         t1 = time.perf_counter()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         t2 = time.perf_counter()

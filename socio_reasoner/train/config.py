@@ -20,6 +20,7 @@ class TrainConfig:
     segmenter_checkpoint: str = "facebook/sam2-hiera-large"
     segmenter_variant: str | None = None
     device: str = "auto"
+    mixed_precision: str = "auto"              # auto: bf16 on CUDA unless `accelerate launch` set it
     dtype: str = "auto"                        # weights trained: auto = fp32 (see weights_dtype)
     out_dir: str = "runs/grpo"
     # GRPO (the paper's values)
@@ -70,6 +71,26 @@ class TrainConfig:
         weights would barely move. For bf16 speed use accelerate's ``mixed_precision:
         bf16`` (autocast over fp32 master weights), as the accelerate configs do."""
         return "float32" if self.dtype == "auto" else self.dtype
+
+    def make_accelerator(self):
+        """The run's ``Accelerator``. Without a setting from ``accelerate launch``, CUDA runs
+        compute in bf16 (autocast over the fp32 weights): fp32 throughout would hold a 3B
+        policy, its gradients, AdamW's moments and the reference in ~75 GB."""
+        import os
+
+        from accelerate import Accelerator
+
+        precision = self.mixed_precision
+        if precision == "auto":
+            import torch
+
+            if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+                precision = None                   # the launcher's choice
+            elif self.device != "cpu" and torch.cuda.is_available():
+                precision = "bf16"
+            else:
+                precision = "no"
+        return Accelerator(cpu=self.device == "cpu", mixed_precision=precision)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -105,13 +105,12 @@ class GRPOTrainer:
 
     def __init__(self, config: TrainConfig, accelerator=None):
         import torch
-        from accelerate import Accelerator
 
         from ..models.loading import build_segmenter
         from ..models.vlm import TransformersVLM
 
         self.config = config
-        self.acc = accelerator or Accelerator(cpu=config.device == "cpu")
+        self.acc = accelerator or config.make_accelerator()
         self.out = Path(config.out_dir)
         resume = latest_checkpoint(self.out)
         lora = config.lora_rank > 0
@@ -135,8 +134,11 @@ class GRPOTrainer:
                                              dtype=config.weights_dtype).model.eval().requires_grad_(False)
         else:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if self.reference is not None and self.acc.mixed_precision == "bf16" \
+                and self._sharded() != "zero3":
+            self.reference.to(torch.bfloat16)   # frozen: bf16 weights lose nothing, halve memory
         model.train()
-        self._set_deepspeed_batch_size()
+        self._configure_deepspeed()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
@@ -154,13 +156,16 @@ class GRPOTrainer:
             self.acc.load_state(str(resume / "state"))
             self.step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
 
-    def _set_deepspeed_batch_size(self) -> None:
-        """DeepSpeed wants a batch size it cannot infer without a DataLoader; it only logs
-        with it (the loop sets the accumulation of each step itself)."""
+    def _configure_deepspeed(self) -> None:
+        """DeepSpeed wants a batch size it cannot infer without a DataLoader (it only logs
+        with it: the loop sets each step's accumulation), and clips gradients itself: with
+        the training config's ``grad_clip``."""
         plugin = getattr(self.acc.state, "deepspeed_plugin", None)
-        if plugin is not None and plugin.deepspeed_config.get(
-                "train_micro_batch_size_per_gpu", "auto") == "auto":
+        if plugin is None:
+            return
+        if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.micro_batch_size
+        plugin.deepspeed_config["gradient_clipping"] = self.config.grad_clip or 0.0
 
     def _prepare_sharded(self) -> None:
         """What sharded weights need beyond ``accelerator.prepare``."""
@@ -215,9 +220,10 @@ class GRPOTrainer:
         """Context for the rollout's generation with sharded weights. FSDP gathers each
         wrapped layer in its own forward, but the root's own parameters (embeddings, the
         vision patch embedding, the head) only in the root's forward, and generate runs
-        the vision tower before that: gather them here. ZeRO-3 gathers everything once
-        rather than layer by layer at every token. FSDP2 and ZeRO-3 run in the tests (two
-        CPU processes); FSDP1 has not run here."""
+        the vision tower before that: gather them here. ZeRO-3's hooks gather every module's
+        weights in its own forward (at every token: slow, but without a whole copy of the
+        model on each GPU). FSDP2 and ZeRO-3 run in the tests (two CPU processes); FSDP1
+        has not run here."""
         kind = self._sharded()
         if kind == "fsdp2":
             return _unsharded_root(self.model)
@@ -226,11 +232,6 @@ class GRPOTrainer:
 
             return FullyShardedDataParallel.summon_full_params(self.model, recurse=False,
                                                                 writeback=False)
-        if kind == "zero3":
-            import deepspeed
-
-            return deepspeed.zero.GatheredParameters(list(self.model.parameters()),
-                                                     modifier_rank=None)
         return contextlib.nullcontext()
 
     def rollout(self, samples) -> list[Trajectory]:
@@ -255,7 +256,7 @@ class GRPOTrainer:
     def _reference_logprobs(self, trajs: list[Trajectory]):
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), self.acc.autocast():
             if self.reference is not None:
                 return batch_logprobs(self.reference, trajs, self.acc.device, self.config.temperature)
             with self.policy.model.disable_adapter():

@@ -64,13 +64,12 @@ def sft_examples(policy, sample, rng: random.Random, points_per_box: int = 2) ->
 def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[dict]:
     """Cross-entropy on the target answers; same checkpoints and logs as GRPO."""
     import torch
-    from accelerate import Accelerator
     from tqdm import tqdm
 
     from ..models.vlm import TransformersVLM
     from .grpo import _Logger, completion_logprobs
 
-    acc = Accelerator(cpu=config.device == "cpu")
+    acc = config.make_accelerator()
     policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.weights_dtype)
     model = policy.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=config.weight_decay)

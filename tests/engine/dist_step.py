@@ -84,6 +84,10 @@ def full_digest(trainer) -> tuple[str, int]:
 trainer = GRPOTrainer(config, accelerator=accelerator())
 rank = trainer.acc.process_index
 start_step = trainer.step
+# what the optimiser brought back from a checkpoint: DeepSpeed's step count, else how many
+# parameters have AdamW moments (none in a fresh optimiser)
+restored = (int(trainer.model.global_steps) if mode == "zero3"
+            else len(trainer.optimizer.state_dict()["state"]))
 before, full = full_digest(trainer)
 
 
@@ -101,7 +105,7 @@ Path(out, f"rank{rank}-step{trainer.step}.json").write_text(json.dumps(
     {"before": before, "after": after, "full_params": full, "local_params": local,
      "world": trainer.acc.num_processes, "type": str(trainer.acc.distributed_type),
      "mixed_precision": trainer.acc.mixed_precision,
-     "start_step": start_step, "step": trainer.step, "loss": metrics["loss"],
+     "start_step": start_step, "step": trainer.step, "restored_optimizer": restored, "loss": metrics["loss"],
      "response_tokens": metrics["response_tokens"]}))
 trainer.acc.end_training()     # as the CLI does: leave the process group before exit
 if mode == "zero3":

@@ -279,6 +279,8 @@ def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, tau
     second = [r for r in _two_processes(tmp_path, config, mode) if r["step"] == 2]
     assert [r["start_step"] for r in second] == [1, 1]
     assert second[0]["before"] == main["after"]              # resumed from the checkpoint
+    assert [r["restored_optimizer"] for r in first] == [0, 0]
+    assert all(r["restored_optimizer"] > 0 for r in second)   # with the optimiser's state
     assert (Path(config.out_dir) / "checkpoint-000002" / "trainer_state.json").exists()
 
 

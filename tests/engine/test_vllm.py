@@ -24,6 +24,7 @@ def test_sampling_translation():
     a, b = sampling_kwargs(paper, 0), sampling_kwargs(paper, 1)
     assert (a["temperature"], a["top_p"], a["top_k"], a["max_tokens"]) == (0.99, 0.99, 100, 2048)
     assert (a["seed"], b["seed"]) == (7, 8)      # a group's identical requests differ
+    assert sampling_kwargs(paper, 0, [151645, 151643])["stop_token_ids"] == [151645, 151643]
 
 
 def test_prompt_has_one_placeholder_per_image_and_frame_images(tiny_vlm):
