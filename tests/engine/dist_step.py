@@ -45,7 +45,10 @@ def accelerator():
     if mode == "fsdp2":     # both states: AcceleratorState re-reads PartialState's
         acc.state.distributed_type = DistributedType.FSDP
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin(**shipped_fsdp_options())
+        plugin = FullyShardedDataParallelPlugin(**shipped_fsdp_options())
+        if acc.mixed_precision != "no":     # as Accelerator does with a plugin it is given
+            plugin.set_mixed_precision(acc.mixed_precision)
+        acc.state.fsdp_plugin = plugin
     return acc
 
 

@@ -263,8 +263,9 @@ def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, tau
 
     config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
                          save_every=1, weight_decay=0.0)
-    first = _two_processes(tmp_path, config, mode)
+    first = _two_processes(tmp_path, config, mode, "bf16")    # as the shipped configs
     assert [r["step"] for r in first] == [1, 1] and first[0]["type"].endswith(kind)
+    assert first[0]["mixed_precision"] == "bf16"
     main = first[0]                           # the gathered weights are on rank 0 only
     assert main["full_params"] > 0 and first[1]["full_params"] == 0
     assert all(r["local_params"] < 0.75 * main["full_params"] for r in first)    # sharded
@@ -276,7 +277,7 @@ def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, tau
     assert saved.keys() == start.keys()
     assert any(not torch.equal(saved[k], start[k]) for k in saved)
 
-    second = [r for r in _two_processes(tmp_path, config, mode) if r["step"] == 2]
+    second = [r for r in _two_processes(tmp_path, config, mode, "bf16") if r["step"] == 2]
     assert [r["start_step"] for r in second] == [1, 1]
     assert second[0]["before"] == main["after"]              # resumed from the checkpoint
     assert [r["restored_optimizer"] for r in first] == [0, 0]
