@@ -142,6 +142,12 @@ class TransformersVLM:
         eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
         self._eos = [eos] if isinstance(eos, int) else list(eos)
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
+        # tokens that stand for images: an answer containing one could not be scored again
+        # (the model would look for image features for it), so they are never sampled
+        cfg = self.model.config
+        self._vision_tokens = sorted({t for t in (getattr(cfg, k, None) for k in (
+            "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))
+            if t is not None})
         self.compile_decode = bool(compile_decode) and self.device.startswith("cuda")
         # training with sharded weights (FSDP, ZeRO-3) sets it: every process then keeps
         # stepping until all have finished, since each step gathers shards collectively
@@ -162,7 +168,8 @@ class TransformersVLM:
 
         args = dict(max_new_tokens=config.max_new_tokens, min_new_tokens=config.min_new_tokens,
                     do_sample=config.do_sample, eos_token_id=self._eos, pad_token_id=self._pad,
-                    repetition_penalty=1.0, num_beams=1, use_cache=True)
+                    repetition_penalty=1.0, num_beams=1, use_cache=True,
+                    suppress_tokens=self._vision_tokens or None)
         if config.do_sample:
             args.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
         if self.compile_decode:

@@ -207,3 +207,34 @@ def test_dtype_names(tmp_path):
     assert pick_dtype("bf16", "cpu") == torch.bfloat16 and pick_dtype("fp32", "cuda") == torch.float32
     with pytest.raises(ValueError, match="Unknown dtype"):
         pick_dtype("float99", "cpu")
+
+
+def test_answers_never_contain_image_tokens(tiny_vlm_dir):
+    """A sampled image placeholder would make the answer unscorable (the loss pass's model
+    looks for image features for it): even a model that prefers it never emits it."""
+    import torch
+
+    from socio_reasoner.models.base import GenerationConfig
+    from socio_reasoner.models.vlm import TransformersVLM
+
+    vlm = TransformersVLM(tiny_vlm_dir, device="cpu", dtype="float32")
+    image_token = vlm.model.config.image_token_id
+
+    def prefer_image_token(module, args, logits):
+        logits = logits.clone()
+        logits[..., image_token] += 1e4
+        return logits
+
+    w, h = vlm.model_frame(128, 128)
+    images = [np.zeros((h, w, 3), np.uint8)] * 2
+    handle = vlm.model.lm_head.register_forward_hook(prefer_image_token)
+    try:
+        for config in (GenerationConfig(max_new_tokens=5, min_new_tokens=5),
+                       GenerationConfig.paper_sampling(max_new_tokens=5, min_new_tokens=5)):
+            ids = vlm.generate(images, "where is the school?", config).token_ids
+            assert len(ids) == 5 and image_token not in ids.tolist()
+        with torch.no_grad():                      # the hook does make it the favourite
+            out = vlm.model(**vlm.prepare([(images, "x")]))
+        assert int(out.logits[0, -1].argmax()) == image_token
+    finally:
+        handle.remove()
