@@ -68,35 +68,40 @@ class EngineSession:
         w = self._worker
         with self._locked():
             wanted = (self.settings.python_path(), self.settings.offline)
-            if w.client is None or w.started_with != wanted:
+            client = w.client
+            if client is None or w.started_with != wanted:
                 w.shutdown()
                 env = {"HF_HUB_OFFLINE": "1"} if self.settings.offline else {}
-                w.client = WorkerClient(wanted[0], env=env)
-                w.started_with = wanted
-            return w.client
+                client = WorkerClient(wanted[0], env=env)
+                w.client, w.started_with = client, wanted
+            return client
 
-    def ensure_loaded(self, on_progress=None, is_cancelled=None) -> dict:
-        """Start the worker and load this caller's models unless they are loaded."""
+    def _loaded_client(self, on_progress=None, is_cancelled=None) -> WorkerClient:
         w = self._worker
         with self._locked(is_cancelled):
             spec = self.settings.model_spec()
             client = self.client()
             if spec == w.loaded_spec and client.is_running():
-                return spec
+                return client
             w.loaded_spec = None
             client.request("load", spec, on_progress=on_progress, is_cancelled=is_cancelled,
                            timeout_s=max(self.settings.timeout_s, 1800))
             w.loaded_spec = spec
-            return spec
+            return client
+
+    def ensure_loaded(self, on_progress=None, is_cancelled=None) -> dict:
+        """Start the worker and load this caller's models unless they are loaded."""
+        self._loaded_client(on_progress, is_cancelled)
+        return self.settings.model_spec()
 
     def request(self, method, params, on_progress=None, is_cancelled=None) -> dict:
         """One request with this caller's models (reloaded first if another caller's
-        were loaded in between)."""
+        were loaded in between). A worker shut down meanwhile (plugin unload) is never
+        started again by it: the request fails instead."""
         with self._locked(is_cancelled):
-            self.ensure_loaded(on_progress, is_cancelled)
-            return self.client().request(method, params, on_progress=on_progress,
-                                         is_cancelled=is_cancelled,
-                                         timeout_s=self.settings.timeout_s)
+            client = self._loaded_client(on_progress, is_cancelled)
+            return client.request(method, params, on_progress=on_progress,
+                                  is_cancelled=is_cancelled, timeout_s=self.settings.timeout_s)
 
     def log_tail(self) -> str:
         client = self._worker.client

@@ -86,8 +86,9 @@ class TrainConfig:
 
             if os.environ.get("ACCELERATE_MIXED_PRECISION"):
                 precision = None                   # the launcher's choice
-            elif self.device != "cpu" and torch.cuda.is_available():
-                precision = "bf16"
+            elif self.device != "cpu" and torch.cuda.is_available() \
+                    and torch.cuda.is_bf16_supported(including_emulation=False):
+                precision = "bf16"                 # Ampere and later
             else:
                 precision = "no"
         return Accelerator(cpu=self.device == "cpu", mixed_precision=precision)

@@ -62,7 +62,10 @@ def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 
     if pixels:
         kwargs = {"pixel_values": torch.cat(pixels).to(device),
                   "image_grid_thw": torch.cat(grids).to(device)}
-    if any("mm_token_type_ids" in t.inputs for t in trajs):
+    if pixels and not all("mm_token_type_ids" in t.inputs for t in trajs):
+        raise ValueError("Trajectories with images need the processor's mm_token_type_ids, "
+                         "or image tokens would be scored at other positions than sampled.")
+    if pixels:
         kwargs["mm_token_type_ids"] = kinds.to(device)
     ids = ids.to(device)
     logits = model(input_ids=ids, attention_mask=mask.to(device), **kwargs).logits
@@ -135,8 +138,11 @@ class GRPOTrainer:
         else:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         if self.reference is not None and self.acc.mixed_precision == "bf16" \
-                and self._sharded() != "zero3":
-            self.reference.to(torch.bfloat16)   # frozen: bf16 weights lose nothing, halve memory
+                and self._sharded() in ("fsdp1", "fsdp2"):
+            # FSDP computes the policy with bf16 weights: a bf16 reference matches it and
+            # halves the copy each GPU holds (elsewhere the policy's norms and residuals
+            # stay fp32 under autocast, and so does the reference, so KL starts at 0)
+            self.reference.to(torch.bfloat16)
         model.train()
         self._configure_deepspeed()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],

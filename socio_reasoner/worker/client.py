@@ -55,11 +55,14 @@ class WorkerClient:
         self._inbox: queue.Queue = queue.Queue()
         self._write_lock = threading.Lock()
         self._request_lock = threading.Lock()
+        self._closed = False     # stop() was called: never start again (a crash may restart)
 
     # ---------------------------------------------------------------- process
     def start(self) -> None:
         if self.is_running():
             return
+        if self._closed:
+            raise WorkerError("The engine worker was shut down.")
         if not self.python.exists():
             raise WorkerError(
                 f"The engine environment was not found: {self.python} does not exist. "
@@ -74,6 +77,9 @@ class WorkerClient:
             [str(self.python), "-m", "socio_reasoner.worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._log, cwd=str(self.root), env=env,
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        if self._closed:             # stop() ran while this process was starting
+            self._proc.kill()
+            raise WorkerError("The engine worker was shut down.")
         self._inbox = queue.Queue()
         threading.Thread(target=self._read_loop, args=(self._proc, self._inbox),
                          daemon=True, name="socio-reasoner-reader").start()
@@ -96,7 +102,8 @@ class WorkerClient:
             return ""
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Ask the worker to exit; kill it if it does not within ``timeout_s``."""
+        """Ask the worker to exit, for good; kill it if it does not within ``timeout_s``."""
+        self._closed = True
         if not self.is_running():
             return
         try:

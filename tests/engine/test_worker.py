@@ -146,3 +146,17 @@ def test_run_with_several_views_answers_each_in_order(view_params):
     xs = [r["result"]["features"][0]["geometry"]["coordinates"][0][0][0] for r in out["results"]]
     assert xs[1] - xs[0] == pytest.approx(1000.0)       # each on its own grid
     assert out["results"][1]["sam_encodings"] == 2       # one encoding per view
+
+
+def test_a_stopped_worker_stays_stopped(tmp_path):
+    """stop() is for good (plugin unload): a request racing it fails instead of starting a
+    worker nobody would stop; a crashed worker, by contrast, restarts on the next request."""
+    client = _worker_client(tmp_path)
+    first = client.request("hello", timeout_s=120)["pid"]
+    client._proc.kill()
+    client._proc.wait()
+    assert client.request("hello", timeout_s=120)["pid"] != first        # restarted
+    client.stop()
+    with pytest.raises(WorkerError, match="shut down"):
+        client.request("hello", timeout_s=30)
+    assert not client.is_running()
