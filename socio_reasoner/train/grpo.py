@@ -144,7 +144,7 @@ class GRPOTrainer:
             # stay fp32 under autocast, and so does the reference, so KL starts at 0)
             self.reference.to(torch.bfloat16)
         model.train()
-        self._configure_deepspeed()
+        configure_deepspeed(self.acc, config)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
@@ -161,17 +161,6 @@ class GRPOTrainer:
         if resume:
             self.acc.load_state(str(resume / "state"))
             self.step = int(json.loads((resume / "trainer_state.json").read_text())["step"])
-
-    def _configure_deepspeed(self) -> None:
-        """DeepSpeed wants a batch size it cannot infer without a DataLoader (it only logs
-        with it: the loop sets each step's accumulation), and clips gradients itself: with
-        the training config's ``grad_clip``."""
-        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
-        if plugin is None:
-            return
-        if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = self.config.micro_batch_size
-        plugin.deepspeed_config["gradient_clipping"] = self.config.grad_clip or 0.0
 
     def _prepare_sharded(self) -> None:
         """What sharded weights need beyond ``accelerator.prepare``."""
@@ -306,8 +295,7 @@ class GRPOTrainer:
                 traj.ref_logprobs = ref
         n_tokens = max(1, sum(len(t.completion_ids) for t in scored))
         self.model.train()
-        self.acc.gradient_accumulation_steps = max(1, len(batches))
-        self.acc.step = 0                      # the last micro-batch is the sync boundary
+        start_accumulation(self.acc, len(batches))
         loss_sum, kl_sum = 0.0, 0.0
         for batch in batches:
             with self.acc.accumulate(self.model):
@@ -323,15 +311,7 @@ class GRPOTrainer:
         return loss_sum, kl_sum, n_tokens
 
     def _backward(self, loss) -> None:
-        """``accelerator.backward`` divides by the accumulation steps (DeepSpeed by its
-        engine's own setting); the loss already is the step's token mean, so undo it."""
-        from accelerate import DistributedType
-
-        if self.acc.distributed_type == DistributedType.DEEPSPEED:
-            factor = self.model.gradient_accumulation_steps()
-        else:
-            factor = self.acc.gradient_accumulation_steps
-        self.acc.backward(loss * factor)
+        backward_step_share(self.acc, self.model, loss)
 
     def update(self, trajectories: list[Trajectory]) -> tuple[float, float, int]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -387,6 +367,38 @@ class GRPOTrainer:
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
         self.acc.wait_for_everyone()
         return path
+
+
+def start_accumulation(acc, n_micro_batches: int) -> None:
+    """One optimiser step over ``n_micro_batches`` backward passes, each inside
+    ``acc.accumulate``: gradients are reduced across processes on the last one only."""
+    acc.gradient_accumulation_steps = max(1, n_micro_batches)
+    acc.step = 0
+
+
+def backward_step_share(acc, model, loss) -> None:
+    """Backward of a micro-batch's share of the step's loss. ``accelerator.backward``
+    divides by the accumulation steps (DeepSpeed by its engine's own setting); the share
+    is already a part of the step's mean, so that division is undone."""
+    from accelerate import DistributedType
+
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        factor = model.gradient_accumulation_steps()
+    else:
+        factor = acc.gradient_accumulation_steps
+    acc.backward(loss * factor)
+
+
+def configure_deepspeed(acc, config: TrainConfig) -> None:
+    """Before ``prepare``: DeepSpeed wants a batch size it cannot infer without a
+    DataLoader (it only logs with it: the loop sets each step's accumulation), and clips
+    gradients itself: at the training config's ``grad_clip``."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    if plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = config.micro_batch_size
+    plugin.deepspeed_config["gradient_clipping"] = config.grad_clip or 0.0
 
 
 @contextlib.contextmanager

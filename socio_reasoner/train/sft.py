@@ -63,13 +63,22 @@ def sft_examples(policy, sample, rng: random.Random, points_per_box: int = 2) ->
 
 def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[dict]:
     """Cross-entropy on the target answers; same checkpoints and logs as GRPO."""
+    from pathlib import Path
+
     import torch
     from tqdm import tqdm
 
     from ..models.vlm import TransformersVLM
-    from .grpo import _Logger, completion_logprobs
+    from .grpo import (
+        _Logger,
+        backward_step_share,
+        batch_logprobs,
+        configure_deepspeed,
+        start_accumulation,
+    )
 
     acc = config.make_accelerator()
+    configure_deepspeed(acc, config)
     policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.weights_dtype)
     model = policy.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=config.weight_decay)
@@ -78,30 +87,37 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[di
     rng = random.Random(config.seed + acc.process_index)
     steps = config.steps if steps is None else steps
     per_rank = max(1, config.prompts_per_step // acc.num_processes)
-    logger = _Logger(__import__("pathlib").Path(config.out_dir), acc.is_main_process)
+    logger = _Logger(Path(config.out_dir), acc.is_main_process)
     history = []
+    micro = max(1, config.micro_batch_size)
     for step in tqdm(range(steps), desc="sft", disable=not acc.is_main_process):
         idx = [(step * per_rank * acc.num_processes + acc.process_index * per_rank + j) % len(dataset)
                for j in range(per_rank)]
         examples = [e for i in idx for e in sft_examples(policy, dataset.get(i), rng,
                                                          config.sft_points_per_box)]
         n_tokens = sum(len(e.completion_ids) for e in examples)
+        batches = [examples[i:i + micro] for i in range(0, len(examples), micro)]
         opt.zero_grad(set_to_none=True)
+        start_accumulation(acc, len(batches))
         total = 0.0
-        for e in examples:
-            loss = -completion_logprobs(model, e, acc.device).sum() / n_tokens
-            acc.backward(loss)
+        for batch in batches:
+            with acc.accumulate(model):
+                loss = -sum(lp.sum() for lp in batch_logprobs(model, batch, acc.device)) / n_tokens
+                backward_step_share(acc, model, loss)
             total += float(loss.detach())
         opt.step()
+        opt.zero_grad(set_to_none=True)
         metrics = {"step": step + 1, "loss": total, "tokens": n_tokens}
         history.append(metrics)
         logger.log(metrics)
     logger.close()
+    out = Path(config.out_dir) / "final"
+    weights = acc.get_state_dict(model)          # every process: gathers sharded weights
     if acc.is_main_process:
-        out = __import__("pathlib").Path(config.out_dir) / "final"
-        acc.unwrap_model(model).save_pretrained(out)
+        acc.unwrap_model(model).save_pretrained(out, state_dict=weights, safe_serialization=True)
         policy.processor.save_pretrained(out)
         (out / "config.json.train").write_text(json.dumps(config.to_dict(), indent=2))
+    acc.wait_for_everyone()
     return history
 
 
