@@ -61,7 +61,8 @@ def sft_examples(policy, sample, rng: random.Random, points_per_box: int = 2) ->
     return out
 
 
-def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[dict]:
+def train_sft(config: TrainConfig, dataset, steps: int | None = None,
+              accelerator=None) -> list[dict]:
     """Cross-entropy on the target answers; same checkpoints and logs as GRPO."""
     from pathlib import Path
 
@@ -77,7 +78,7 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None) -> list[di
         start_accumulation,
     )
 
-    acc = config.make_accelerator()
+    acc = accelerator or config.make_accelerator()
     configure_deepspeed(acc, config)
     policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.weights_dtype)
     model = policy.model.train()

@@ -1,7 +1,7 @@
 """Run under `torch.distributed.run`: one GRPO step, then each process reports on its
 weights as JSON, so the tests can check what DDP or FSDP did across processes.
 
-    dist_step.py CONFIG_JSON OUT_DIR {ddp|fsdp2|zero3}
+    dist_step.py CONFIG_JSON OUT_DIR {ddp|fsdp2|zero3} [sft]
 
 accelerate runs FSDP and DeepSpeed on GPUs only. For ``fsdp2`` this script sets the
 distributed type of a CPU (gloo) accelerator to FSDP by hand, with the plugin settings of
@@ -83,6 +83,22 @@ def full_digest(trainer) -> tuple[str, int]:
         digest.update(state[name].detach().cpu().to(torch.float32).numpy().tobytes())
     return digest.hexdigest(), sum(v.numel() for v in state.values())
 
+
+if len(sys.argv) > 4 and sys.argv[4] == "sft":     # the SFT baseline's step instead
+    from socio_reasoner.train.sft import train_sft
+
+    acc = accelerator()
+    history = train_sft(config, SocioSegDataset.open(config.data, split=config.split), steps=1,
+                        accelerator=acc)
+    Path(out, f"sft-rank{acc.process_index}.json").write_text(json.dumps(
+        {"loss": history[-1]["loss"], "world": acc.num_processes,
+         "type": str(acc.distributed_type)}))
+    acc.end_training()
+    if mode == "zero3":
+        import os
+
+        os._exit(0)
+    sys.exit(0)
 
 trainer = GRPOTrainer(config, accelerator=accelerator())
 rank = trainer.acc.process_index

@@ -219,7 +219,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_processes(tmp_path, config, mode: str, mixed_precision: str = "no") -> list[dict]:
+def _two_processes(tmp_path, config, mode: str, mixed_precision: str = "no",
+                   task: str = "grpo") -> list[dict]:
     out = tmp_path / "reports"
     out.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
@@ -229,9 +230,9 @@ def _two_processes(tmp_path, config, mode: str, mixed_precision: str = "no") -> 
     # torchrun sets RANK/WORLD_SIZE; Accelerator(cpu=True) then runs over gloo.
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                     "--master_port", str(_free_port()), str(REPO / "tests" / "engine" / "dist_step.py"),
-                    json.dumps(config.to_dict()), str(out), mode],
+                    json.dumps(config.to_dict()), str(out), mode, task],
                    check=True, env=env, cwd=tmp_path, timeout=600)
-    reports = sorted(out.glob("rank*.json"))
+    reports = sorted(out.glob("rank*.json" if task == "grpo" else f"{task}-rank*.json"))
     return [json.loads(p.read_text()) for p in reports]
 
 
@@ -319,3 +320,21 @@ def test_accelerate_configs_are_valid(name, kind):
         assert nested["fsdp_version"] == 2 and nested["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"
     if kind == "DEEPSPEED":     # checkpoints need the gathered 16-bit weights under ZeRO-3
         assert nested["zero_stage"] == 3 and nested["zero3_save_16bit_model"] is True
+
+
+@pytest.mark.parametrize("mode, kind", [("fsdp2", "FSDP"), ("zero3", "DEEPSPEED")])
+def test_sft_step_with_sharded_weights(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2, mode, kind):
+    """The SFT baseline's step under FSDP2 and ZeRO-3 (two CPU processes, bf16 as shipped):
+    the saved weights are the whole trained model."""
+    from socio_reasoner.models.vlm import TransformersVLM
+
+    config = tiny_config(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2, prompts_per_step=2,
+                         sft_lr=1e-3)
+    ranks = _two_processes(tmp_path, config, mode, "bf16", task="sft")
+    assert len(ranks) == 2 and all(r["type"].endswith(kind) for r in ranks)
+    assert all(np.isfinite(r["loss"]) for r in ranks) and ranks[0]["loss"] != ranks[1]["loss"]
+    saved = TransformersVLM(Path(config.out_dir) / "final", device="cpu", dtype="float32")
+    start = TransformersVLM(tiny_vlm_dir, device="cpu", dtype="float32").model.state_dict()
+    trained = saved.model.state_dict()
+    assert trained.keys() == start.keys()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
