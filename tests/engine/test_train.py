@@ -253,9 +253,10 @@ def test_two_processes_end_with_identical_weights(tmp_path, data_dir, taught_vlm
     assert np.isfinite(ranks[0]["loss"]) and np.isfinite(ranks[1]["loss"])
 
 
-@pytest.mark.parametrize("mode, kind", [("fsdp2", "FSDP"), ("zero3", "DEEPSPEED")])
+@pytest.mark.parametrize("mode, kind, lora", [("fsdp2", "FSDP", 0), ("zero3", "DEEPSPEED", 0),
+                                              ("fsdp2", "FSDP", 4), ("zero3", "DEEPSPEED", 4)])
 def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, taught_vlm_dir,
-                                                         tiny_sam2, mode, kind):
+                                                         tiny_sam2, mode, kind, lora):
     """FSDP2 and DeepSpeed ZeRO-3 with the weights sharded over two processes, configured
     as the shipped accelerate configs: each process samples answers of its own lengths
     (generation must keep the shard gathering in step), the step changes the whole
@@ -263,7 +264,7 @@ def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, tau
     from socio_reasoner.models.vlm import TransformersVLM
 
     config = tiny_config(tmp_path, data_dir, taught_vlm_dir, tiny_sam2, prompts_per_step=2,
-                         save_every=1, weight_decay=0.0)
+                         save_every=1, weight_decay=0.0, lora_rank=lora)
     first = _two_processes(tmp_path, config, mode, "bf16")    # as the shipped configs
     assert [r["step"] for r in first] == [1, 1] and first[0]["type"].endswith(kind)
     assert first[0]["mixed_precision"] == "bf16"
@@ -273,10 +274,14 @@ def test_sharded_step_on_two_processes_saves_and_resumes(tmp_path, data_dir, tau
     assert first[0]["response_tokens"] != first[1]["response_tokens"]
     assert main["after"] != main["before"] and first[0]["loss"] != first[1]["loss"]
     ckpt = Path(config.out_dir) / "checkpoint-000001"
-    saved = TransformersVLM(ckpt, device="cpu", dtype="float32").model.state_dict()
-    start = TransformersVLM(config.model, device="cpu", dtype="float32").model.state_dict()
-    assert saved.keys() == start.keys()
-    assert any(not torch.equal(saved[k], start[k]) for k in saved)
+    if lora:                                   # the adapters only, as peft saves them
+        assert (ckpt / "adapter_model.safetensors").exists()
+        assert not (ckpt / "model.safetensors").exists()
+    else:
+        saved = TransformersVLM(ckpt, device="cpu", dtype="float32").model.state_dict()
+        start = TransformersVLM(config.model, device="cpu", dtype="float32").model.state_dict()
+        assert saved.keys() == start.keys()
+        assert any(not torch.equal(saved[k], start[k]) for k in saved)
 
     second = [r for r in _two_processes(tmp_path, config, mode, "bf16") if r["step"] == 2]
     assert [r["start_step"] for r in second] == [1, 1]
