@@ -215,13 +215,17 @@ class GRPOTrainer:
         """Context for the rollout's generation with sharded weights. FSDP gathers each
         wrapped layer in its own forward, but the root's own parameters (embeddings, the
         vision patch embedding, the head) only in the root's forward, and generate runs
-        the vision tower before that: gather them here. ZeRO-3's hooks gather every module's
-        weights in its own forward (at every token: slow, but without a whole copy of the
-        model on each GPU). FSDP2 and ZeRO-3 run in the tests (two CPU processes); FSDP1
-        has not run here."""
+        the vision tower before that: gather them here. ZeRO-3 would gather every module's
+        weights in its own forward at every token; DeepSpeed's own context gathers the
+        whole model once and lifts those hooks while generating. FSDP2 and ZeRO-3 run in the
+        tests (two CPU processes); FSDP1 has not run here."""
         kind = self._sharded()
         if kind == "fsdp2":
             return _unsharded_root(self.model)
+        if kind == "zero3":
+            from deepspeed.runtime.zero import unwrap_model_for_generation
+
+            return unwrap_model_for_generation(self.model)
         if kind == "fsdp1":
             from torch.distributed.fsdp import FullyShardedDataParallel
 

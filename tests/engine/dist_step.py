@@ -125,7 +125,8 @@ Path(out, f"rank{rank}-step{trainer.step}.json").write_text(json.dumps(
      "world": trainer.acc.num_processes, "type": str(trainer.acc.distributed_type),
      "mixed_precision": trainer.acc.mixed_precision,
      "start_step": start_step, "step": trainer.step, "restored_optimizer": restored, "loss": metrics["loss"],
-     "response_tokens": metrics["response_tokens"]}))
+     "response_tokens": metrics["response_tokens"],
+     "seconds_rollout": metrics["seconds_rollout"]}))
 trainer.acc.end_training()     # as the CLI does: leave the process group before exit
 if mode == "zero3":
     # DeepSpeed's CPU shared-memory collectives (JIT-built here; GPU runs use NCCL)
