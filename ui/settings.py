@@ -19,6 +19,7 @@ class EngineSettings:
 
     engine_python: str = ""                      # empty: the .venv next to the plugin
     vlm: str = "vvangfaye/SocioReasoner-3B"      # hub id or local folder
+    vlm_backend: str = "transformers"            # transformers | vllm (an engine with vLLM)
     segmenter: str = "sam2"                      # sam2 | sam
     segmenter_checkpoint: str = "facebook/sam2-hiera-large"
     segmenter_variant: str = ""                  # only for bare checkpoint files
@@ -42,7 +43,7 @@ class EngineSettings:
         gen = {"max_new_tokens": self.max_new_tokens}
         if self.sampling:
             gen.update(do_sample=True, temperature=0.99, top_p=0.99, top_k=100)
-        return {"vlm": self.vlm, "segmenter": self.segmenter,
+        return {"vlm": self.vlm, "vlm_backend": self.vlm_backend, "segmenter": self.segmenter,
                 "segmenter_checkpoint": self.segmenter_checkpoint or None,
                 "segmenter_variant": self.segmenter_variant or None,
                 "device": self.device, "generation": gen, **self.extra}

@@ -33,8 +33,10 @@ def test_settings_dialog_applies_and_stores(plugin_package, qgis_app):
     dialog.sampling.setChecked(True)
     dialog.max_tokens.setValue(512)
     dialog.tile_batch.setValue(8)
+    dialog.vlm_backend.setCurrentText("vllm")
     dialog.apply()
     assert (s.vlm, s.segmenter, s.device, s.sampling, s.max_new_tokens) == (
         "/data/my-model", "sam", "cpu", True, 512)
+    assert EngineSettings.load().model_spec()["vlm_backend"] == "vllm"     # reaches the worker
     assert EngineSettings.load().vlm == "/data/my-model" and EngineSettings.load().tile_batch == 8
     QgsSettings().remove(PREFIX.rstrip("/"))
