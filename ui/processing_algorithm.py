@@ -21,7 +21,7 @@ Engine settings
     settings (``EngineSettings.load()``, i.e. QgsSettings), as for the dock. The advanced
     parameter ENGINE_SPEC (a JSON object, normally left empty) overrides them for one run,
     for replaying a run or for tests: keys that name an ``EngineSettings`` field (``vlm``,
-    ``segmenter``, ``segmenter_checkpoint``, ``segmenter_variant``, ``device``,
+    ``vlm_backend``, ``segmenter``, ``segmenter_checkpoint``, ``segmenter_variant``, ``device``,
     ``sampling``, ``max_new_tokens``, ``timeout_s``, ``tile_px``, ``offline``) replace that
     setting; every other key is added to the worker's ``load`` request, e.g.
     ``{"vlm": "scripted", "vlm_answers": ["..."], "segmenter": "box"}``. The engine's
@@ -92,7 +92,8 @@ MODES = ("two-stage", "stage1", "single")   # the engine's run modes (pipeline.M
 POLL_S = 0.05                                # how often the main thread looks up while waiting
 
 # ENGINE_SPEC keys that replace an EngineSettings field; everything else goes to ``load``.
-_OVERRIDABLE = ("vlm", "segmenter", "segmenter_checkpoint", "segmenter_variant", "device",
+_OVERRIDABLE = ("vlm", "vlm_backend", "segmenter", "segmenter_checkpoint", "segmenter_variant",
+                "device",
                 "sampling", "max_new_tokens", "timeout_s", "tile_px", "offline")
 _REFUSED = {
     "engine_python": "the engine's Python is only taken from the plugin settings",

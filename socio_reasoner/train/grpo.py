@@ -148,6 +148,7 @@ class GRPOTrainer:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=config.lr, weight_decay=config.weight_decay)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        check_deepspeed_saving(self.acc, self.model)
         self.policy.model = self.acc.unwrap_model(self.model)
         self._prepare_sharded()
         self.segmenter = build_segmenter({
@@ -391,6 +392,16 @@ def backward_step_share(acc, model, loss) -> None:
     else:
         factor = acc.gradient_accumulation_steps
     acc.backward(loss * factor)
+
+
+def check_deepspeed_saving(acc, model) -> None:
+    """After ``prepare``: under ZeRO-3 a checkpoint needs the gathered 16-bit weights;
+    refuse a config without them now rather than at the first save, hours later."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3 \
+            and not model.zero_gather_16bit_weights_on_model_save():
+        raise ValueError("DeepSpeed ZeRO-3 needs zero3_save_16bit_model: true in the accelerate "
+                         "config (stage3_gather_16bit_weights_on_model_save) to save weights.")
 
 
 def configure_deepspeed(acc, config: TrainConfig) -> None:

@@ -74,6 +74,7 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
         _Logger,
         backward_step_share,
         batch_logprobs,
+        check_deepspeed_saving,
         configure_deepspeed,
         start_accumulation,
     )
@@ -84,6 +85,7 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
     model = policy.model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=config.weight_decay)
     model, opt = acc.prepare(model, opt)
+    check_deepspeed_saving(acc, model)
     policy.model = acc.unwrap_model(model)
     rng = random.Random(config.seed + acc.process_index)
     steps = config.steps if steps is None else steps
@@ -106,6 +108,8 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
                 loss = -sum(lp.sum() for lp in batch_logprobs(model, batch, acc.device)) / n_tokens
                 backward_step_share(acc, model, loss)
             total += float(loss.detach())
+        if config.grad_clip:        # as GRPO (DeepSpeed clips by its own setting, the same)
+            acc.clip_grad_norm_(model.parameters(), config.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         metrics = {"step": step + 1, "loss": total, "tokens": n_tokens}

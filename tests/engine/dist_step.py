@@ -92,7 +92,7 @@ if len(sys.argv) > 4 and sys.argv[4] == "sft":     # the SFT baseline's step ins
                         accelerator=acc)
     Path(out, f"sft-rank{acc.process_index}.json").write_text(json.dumps(
         {"loss": history[-1]["loss"], "world": acc.num_processes,
-         "type": str(acc.distributed_type)}))
+         "type": str(acc.distributed_type), "mixed_precision": acc.mixed_precision}))
     acc.end_training()
     if mode == "zero3":
         import os
