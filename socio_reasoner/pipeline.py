@@ -78,6 +78,7 @@ class _Item:
     map_f: np.ndarray
     sat_f: np.ndarray
     stages: list = field(default_factory=list)
+    sat_key: str = ""            # _image_key(sat_f), hashed once per run
 
 
 class SocioReasoner:
@@ -108,12 +109,13 @@ class SocioReasoner:
         self.embedding_cache = embedding_cache
         self._states: OrderedDict[str, dict | None] = OrderedDict()
         self._current: str | None = None
+        self._batch = 0     # views of the running batch: their embeddings all stay kept
 
     # ------------------------------------------------------------------ SAM
-    def set_image(self, sat_frame: np.ndarray) -> bool:
+    def set_image(self, sat_frame: np.ndarray, key: str | None = None) -> bool:
         """Make ``sat_frame`` the segmenter's image, encoding it only if no embedding of it
-        is kept; returns True when the encoder ran."""
-        key = _image_key(sat_frame)
+        is kept; returns True when the encoder ran. ``key``: its `_image_key`, if known."""
+        key = key or _image_key(sat_frame)
         if key == self._current:
             return False
         state = self._states.get(key)
@@ -126,7 +128,7 @@ class SocioReasoner:
         self._current = key
         if hasattr(self.segmenter, "get_state") and self.embedding_cache > 0:
             self._states[key] = self.segmenter.get_state()
-            while len(self._states) > self.embedding_cache:
+            while len(self._states) > max(self.embedding_cache, self._batch):
                 self._states.popitem(last=False)
         return True
 
@@ -153,7 +155,7 @@ class SocioReasoner:
             fw, fh = item.frame.frame_wh
             parsed = parse_answer(reply.text, (fw, fh), expect_points=use_points,
                                   max_objects=self.max_objects)
-            self.set_image(item.sat_f)
+            self.set_image(item.sat_f, item.sat_key)
             masks, scores = self.segment(parsed.prompts, use_points)
             union = union_of(masks, (fh, fw))
             seconds = {"vlm": vlm_s, "sam_decode": time.perf_counter() - t1,
@@ -198,40 +200,46 @@ class SocioReasoner:
             h, w = sat_image.shape[:2]
             frame = ModelFrame.of(self.vlm, w, h)
             fw, fh = frame.frame_wh
-            items.append(_Item(query, frame, resize_rgb(map_image, fw, fh),
-                               resize_rgb(sat_image, fw, fh)))
+            sat_f = resize_rgb(sat_image, fw, fh)
+            items.append(_Item(query, frame, resize_rgb(map_image, fw, fh), sat_f,
+                               sat_key=_image_key(sat_f)))
         seconds["preprocess"] = (time.perf_counter() - t0) / len(items)
         progress(0.05, "encoding satellite image")
         t0 = time.perf_counter()
-        encoded = sum(self.set_image(item.sat_f) for item in items)
-        seconds["sam_encode"] = (time.perf_counter() - t0) / max(1, encoded)
-        if mode == "single":
-            progress(0.1, "localizing with boxes and points")
-            self._stage("single", items, [([i.map_f, i.sat_f], prompts.single_stage_prompt(i.query))
-                                          for i in items], True, cancel)
-        else:
-            progress(0.1, "stage 1: localizing")
-            self._stage("stage1", items, [([i.map_f, i.sat_f], prompts.stage1_prompt(i.query))
-                                          for i in items], False, cancel)
-            todo = [i for i in items if i.stages[0].prompts] if mode == "two-stage" else []
-            if todo:
-                progress(0.55, "stage 2: refining with points")
-                t0 = time.perf_counter()
-                requests = [self._stage2_request(i) for i in todo]
-                seconds["render"] = (time.perf_counter() - t0) / len(todo)
-                self._stage("stage2", todo, requests, True, cancel)
-        results = []
-        for item, (_, sat_image, _) in zip(items, views, strict=True):
-            h, w = sat_image.shape[:2]
-            final = item.stages[-1]
-            per_view = dict(seconds)
-            for s in item.stages:
-                per_view.update({f"{s.name}_{k}": v for k, v in s.seconds.items()})
-            results.append(RunResult(item.query, mode, item.frame, item.stages,
-                                     resize_mask(final.mask, w, h),
-                                     [resize_mask(m, w, h) for m in final.object_masks], per_view))
-        progress(1.0, "done")
-        return results
+        # a batch larger than the cache would evict its first views before their stages
+        self._batch = len(items)
+        try:
+            encoded = sum(self.set_image(item.sat_f, item.sat_key) for item in items)
+            seconds["sam_encode"] = (time.perf_counter() - t0) / max(1, encoded)
+            if mode == "single":
+                progress(0.1, "localizing with boxes and points")
+                self._stage("single", items, [([i.map_f, i.sat_f], prompts.single_stage_prompt(i.query))
+                                              for i in items], True, cancel)
+            else:
+                progress(0.1, "stage 1: localizing")
+                self._stage("stage1", items, [([i.map_f, i.sat_f], prompts.stage1_prompt(i.query))
+                                              for i in items], False, cancel)
+                todo = [i for i in items if i.stages[0].prompts] if mode == "two-stage" else []
+                if todo:
+                    progress(0.55, "stage 2: refining with points")
+                    t0 = time.perf_counter()
+                    requests = [self._stage2_request(i) for i in todo]
+                    seconds["render"] = (time.perf_counter() - t0) / len(todo)
+                    self._stage("stage2", todo, requests, True, cancel)
+            results = []
+            for item, (_, sat_image, _) in zip(items, views, strict=True):
+                h, w = sat_image.shape[:2]
+                final = item.stages[-1]
+                per_view = dict(seconds)
+                for s in item.stages:
+                    per_view.update({f"{s.name}_{k}": v for k, v in s.seconds.items()})
+                results.append(RunResult(item.query, mode, item.frame, item.stages,
+                                         resize_mask(final.mask, w, h),
+                                         [resize_mask(m, w, h) for m in final.object_masks], per_view))
+            progress(1.0, "done")
+            return results
+        finally:
+            self._batch = 0
 
     def _stage2_request(self, item: _Item) -> tuple[list[np.ndarray], str]:
         s1 = item.stages[0]

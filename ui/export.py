@@ -51,9 +51,7 @@ def _remove_quietly(paths) -> None:
     for path in paths:
         try:
             os.remove(path)
-        except FileNotFoundError:
-            pass
-        except OSError:
+        except OSError:     # already gone, or not ours to remove: nothing to undo
             pass
 
 

@@ -1,13 +1,12 @@
-"""The layers an analyst sees and edits for one run, and their export to files.
+"""The layers an analyst sees and edits for one run.
 
 A run's reply from the engine worker (see socio_reasoner/worker/views.py) carries GeoJSON
 in the view's CRS: the segmented ``result`` polygons, the prompt ``boxes`` of every stage
 and the refinement ``points``. ``add_run_layers`` turns it into three styled memory layers
 in a layer-tree group of their own; the analyst moves, adds or deletes boxes and points;
 ``prompts_from_layers`` reads them back (edit buffer included) as the ``prompts`` of the
-worker's ``refine``; ``update_result_layer`` swaps in the refined polygons; and
-``export_layer`` writes any layer to GeoPackage, shapefile or GeoJSON without ever leaving
-a half-written file behind.
+worker's ``refine``; and ``update_result_layer`` swaps in the refined polygons. Export to
+files lives in ``ui/export.py``.
 
 GeoJSON is read here with QGIS's own geometry classes: QGIS's Python has no shapely.
 Everything that touches layers or the layer tree must run on the main thread.

@@ -20,13 +20,11 @@ import time
 import numpy as np
 
 from ..errors import ModelLoadError
-from ..frames import QWEN_FACTOR as FACTOR
 from ..frames import QWEN_MAX_PIXELS as MAX_PIXELS
 from ..frames import QWEN_MIN_PIXELS as MIN_PIXELS
-from ..frames import smart_resize
 from .base import GenerationConfig, VLMReply
 from .hub import resolve_model_dir
-from .vlm import chat_prompt, frame_image
+from .vlm import TransformersVLM, chat_prompt, frame_image
 
 IMAGES_PER_PROMPT = 2   # map and satellite
 
@@ -98,9 +96,7 @@ class VLLMVLM:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"vLLM could not load '{path}': {exc}") from exc
 
-    def model_frame(self, width: int, height: int) -> tuple[int, int]:
-        h, w = smart_resize(height, width, FACTOR, self.min_pixels, self.max_pixels)
-        return w, h
+    model_frame = TransformersVLM.model_frame    # the same processor bounds, the same frame
 
     def request(self, images: list[np.ndarray], text: str) -> dict:
         return vllm_prompt(self.processor, images, text, self.model_frame)

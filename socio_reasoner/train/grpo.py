@@ -29,7 +29,8 @@ def completion_logprobs(model, traj: Trajectory, device, temperature: float = 1.
     return batch_logprobs(model, [traj], device, temperature)[0]
 
 
-def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 1.0):
+def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 1.0,
+                   check: bool = True):
     """Log-probabilities (float32) of each trajectory's sampled tokens, several
     trajectories in one right-padded forward pass.
 
@@ -37,13 +38,14 @@ def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 
     images — and `check_pixels` refuses anything else; so are the image-token marks that
     give image tokens their 2-D positions as in generation. Padding sits after each
     sequence, so a causal model scores every real token exactly as alone (up to float
-    rounding).
+    rounding). ``check=False`` skips the guard for tensors already checked this step.
     """
     import torch
 
     seqs, pixels, grids = [], [], []
     for traj in trajs:
-        check_pixels(traj)
+        if check:
+            check_pixels(traj)
         seqs.append(torch.cat([traj.inputs["input_ids"][0], traj.completion_ids]))
         if "pixel_values" in traj.inputs:
             pixels.append(traj.inputs["pixel_values"])
@@ -114,6 +116,7 @@ class GRPOTrainer:
 
         self.config = config
         self.acc = accelerator or config.make_accelerator()
+        self.sharding = sharding_of(self.acc)
         self.out = Path(config.out_dir)
         resume = latest_checkpoint(self.out)
         lora = config.lora_rank > 0
@@ -130,7 +133,7 @@ class GRPOTrainer:
                     r=config.lora_rank, lora_alpha=config.lora_alpha,
                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
             self.reference = None       # the adapters disabled are the reference
-        elif resume or self._sharded() == "zero3":
+        elif resume or self.sharding == "zero3":
             # the starting weights; under ZeRO-3 transformers loads them partitioned, and a
             # copy of partitioned parameters is no model
             self.reference = TransformersVLM(config.model, device=str(self.acc.device),
@@ -138,7 +141,7 @@ class GRPOTrainer:
         else:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
         if self.reference is not None and self.acc.mixed_precision == "bf16" \
-                and self._sharded() in ("fsdp1", "fsdp2"):
+                and self.sharding in ("fsdp1", "fsdp2"):
             # FSDP computes the policy with bf16 weights: a bf16 reference matches it and
             # halves the copy each GPU holds (elsewhere the policy's norms and residuals
             # stay fp32 under autocast, and so does the reference, so KL starts at 0)
@@ -167,7 +170,7 @@ class GRPOTrainer:
         """What sharded weights need beyond ``accelerator.prepare``."""
         import torch
 
-        kind = self._sharded()
+        kind = self.sharding
         if kind is None:
             return
         self.policy.inference_mode = False
@@ -201,17 +204,6 @@ class GRPOTrainer:
                                 temperature=c.temperature, top_p=c.top_p, top_k=c.top_k,
                                 seed=c.seed * 100_003 + self.step * 1_009 + self.acc.process_index)
 
-    def _sharded(self) -> str | None:
-        """"fsdp1", "fsdp2" or "zero3" when each process holds a shard of the weights."""
-        from accelerate import DistributedType
-
-        if self.acc.distributed_type == DistributedType.FSDP:
-            return f"fsdp{self.acc.state.fsdp_plugin.fsdp_version}"
-        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
-        if self.acc.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3:
-            return "zero3"
-        return None
-
     def _full_params(self):
         """Context for the rollout's generation with sharded weights. FSDP gathers each
         wrapped layer in its own forward, but the root's own parameters (embeddings, the
@@ -220,7 +212,7 @@ class GRPOTrainer:
         weights in its own forward at every token; DeepSpeed's own context gathers the
         whole model once and lifts those hooks while generating. FSDP2 and ZeRO-3 run in the
         tests (two CPU processes); FSDP1 has not run here."""
-        kind = self._sharded()
+        kind = self.sharding
         if kind == "fsdp2":
             return _unsharded_root(self.model)
         if kind == "zero3":
@@ -305,18 +297,17 @@ class GRPOTrainer:
         for batch in batches:
             with self.acc.accumulate(self.model):
                 loss = 0.0
-                for traj, new_lp in zip(batch, batch_logprobs(self.model, batch, self.acc.device,
-                                                              c.temperature), strict=True):
+                # the reference pass just checked these very tensors
+                new_lps = batch_logprobs(self.model, batch, self.acc.device, c.temperature,
+                                         check=False)
+                for traj, new_lp in zip(batch, new_lps, strict=True):
                     per_token, kl = policy_loss(new_lp, new_lp.detach(), traj.ref_logprobs,
                                                 traj.advantage, c.clip_eps, c.kl_coef)
                     loss = loss + per_token.sum() / n_tokens   # token-level mean over the step
                     kl_sum += float(kl.detach().sum())
-                self._backward(loss)
+                backward_step_share(self.acc, self.model, loss)
             loss_sum += float(loss.detach())
         return loss_sum, kl_sum, n_tokens
-
-    def _backward(self, loss) -> None:
-        backward_step_share(self.acc, self.model, loss)
 
     def update(self, trajectories: list[Trajectory]) -> tuple[float, float, int]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -372,6 +363,18 @@ class GRPOTrainer:
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
         self.acc.wait_for_everyone()
         return path
+
+
+def sharding_of(acc) -> str | None:
+    """"fsdp1", "fsdp2" or "zero3" when each process holds a shard of the weights."""
+    from accelerate import DistributedType
+
+    if acc.distributed_type == DistributedType.FSDP:
+        return f"fsdp{acc.state.fsdp_plugin.fsdp_version}"
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if acc.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3:
+        return "zero3"
+    return None
 
 
 def start_accumulation(acc, n_micro_batches: int) -> None:

@@ -160,3 +160,15 @@ def test_the_frame_is_the_vlms_own(tile, tiny_vlm_dir):
     assert result.mask.shape == (768, 768)
     mask, _, _ = reasoner.refine(tile[1], [ObjectPrompt((0, 0, 210, 210))])
     assert mask[:380, :380].all() and not mask[390:].any()    # 210 frame px = 384 tile px
+
+
+def test_a_batch_larger_than_the_cache_encodes_each_view_once():
+    """The embedding cache is sized for refines; a batch keeps all its views' embeddings
+    for both stages, however many."""
+    rng = np.random.default_rng(5)
+    views = [(rng.integers(0, 256, (768, 768, 3), dtype=np.uint8),
+              rng.integers(0, 256, (768, 768, 3), dtype=np.uint8), "school") for _ in range(3)]
+    sam = BoxSegmenter()
+    reasoner = SocioReasoner(ScriptedVLM([S1, S2]), sam, embedding_cache=1)
+    results = reasoner.run_batch(views)
+    assert [len(r.stages) for r in results] == [2, 2, 2] and sam.encode_count == 3
