@@ -24,7 +24,7 @@ from ..frames import QWEN_MAX_PIXELS as MAX_PIXELS
 from ..frames import QWEN_MIN_PIXELS as MIN_PIXELS
 from .base import GenerationConfig, VLMReply
 from .hub import resolve_model_dir
-from .vlm import TransformersVLM, chat_prompt, frame_image
+from .vlm import TransformersVLM, chat_prompt, end_token_ids, frame_image
 
 IMAGES_PER_PROMPT = 2   # map and satellite
 
@@ -83,9 +83,8 @@ class VLLMVLM:
             from transformers import GenerationConfig as HFGenerationConfig
 
             self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
-            eos = HFGenerationConfig.from_pretrained(path).eos_token_id
-            eos = self.processor.tokenizer.eos_token_id if eos is None else eos
-            self.stop_token_ids = [eos] if isinstance(eos, int) else list(eos)
+            self.stop_token_ids = end_token_ids(HFGenerationConfig.from_pretrained(path),
+                                                self.processor.tokenizer)
             self.llm = LLM(
                 model=str(path), dtype=VLLM_DTYPES[dtype],
                 trust_remote_code=False, seed=seed, max_model_len=max_model_len,

@@ -67,6 +67,14 @@ def pick_dtype(dtype, device: str):
     return dtype
 
 
+def end_token_ids(generation_config, tokenizer) -> list[int]:
+    """The tokens an answer ends at: the model's generation config's, else the
+    tokenizer's end token (both backends stop at the same ones)."""
+    eos = generation_config.eos_token_id
+    eos = tokenizer.eos_token_id if eos is None else eos
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
 def chat_prompt(processor, n_images: int, text: str) -> str:
     """One user turn of ``n_images`` images, then ``text``, in the model's chat template."""
     content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]
@@ -138,9 +146,7 @@ class TransformersVLM:
         except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
             raise ModelLoadError(f"Could not load the VLM from '{path}': {exc}") from exc
         tok = self.processor.tokenizer
-        gen = self.model.generation_config
-        eos = gen.eos_token_id if gen.eos_token_id is not None else tok.eos_token_id
-        self._eos = [eos] if isinstance(eos, int) else list(eos)
+        self._eos = end_token_ids(self.model.generation_config, tok)
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else self._eos[0]
         # tokens that stand for images: an answer containing one could not be scored again
         # (the model would look for image features for it), so they are never sampled

@@ -353,16 +353,22 @@ class GRPOTrainer:
         under FSDP or DeepSpeed, sharded model states, and ``trainer_state.json``."""
         path = self.out / f"checkpoint-{self.step:06d}"
         self.acc.wait_for_everyone()
-        weights = self.acc.get_state_dict(self.model)   # every process: gathers shards
         self.acc.save_state(str(path / "state"))
+        save_weights(self.acc, self.model, self.policy.processor, path)
         if self.acc.is_main_process:
-            self.acc.unwrap_model(self.model).save_pretrained(
-                path, state_dict=weights, safe_serialization=True)
-            self.policy.processor.save_pretrained(path)
             # written last: its presence marks a complete checkpoint
             (path / "trainer_state.json").write_text(json.dumps({"step": self.step}))
         self.acc.wait_for_everyone()
         return path
+
+
+def save_weights(acc, model, processor, path: Path) -> None:
+    """The weights as ``save_pretrained`` writes them (LoRA: the adapters) and the
+    processor, gathered from every process's shard; call it on every process."""
+    weights = acc.get_state_dict(model)
+    if acc.is_main_process:
+        acc.unwrap_model(model).save_pretrained(path, state_dict=weights, safe_serialization=True)
+        processor.save_pretrained(path)
 
 
 def sharding_of(acc) -> str | None:

@@ -76,6 +76,7 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
         batch_logprobs,
         check_deepspeed_saving,
         configure_deepspeed,
+        save_weights,
         start_accumulation,
     )
 
@@ -117,10 +118,8 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
         logger.log(metrics)
     logger.close()
     out = Path(config.out_dir) / "final"
-    weights = acc.get_state_dict(model)          # every process: gathers sharded weights
+    save_weights(acc, model, policy.processor, out)
     if acc.is_main_process:
-        acc.unwrap_model(model).save_pretrained(out, state_dict=weights, safe_serialization=True)
-        policy.processor.save_pretrained(out)
         (out / "config.json.train").write_text(json.dumps(config.to_dict(), indent=2))
     acc.wait_for_everyone()
     return history
