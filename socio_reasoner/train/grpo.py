@@ -146,12 +146,7 @@ class GRPOTrainer:
             # halves the copy each GPU holds (elsewhere the policy's norms and residuals
             # stay fp32 under autocast, and so does the reference, so KL starts at 0)
             self.reference.to(torch.bfloat16)
-        model.train()
-        configure_deepspeed(self.acc, config)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                      lr=config.lr, weight_decay=config.weight_decay)
-        self.model, self.optimizer = self.acc.prepare(model, optimizer)
-        check_deepspeed_saving(self.acc, self.model)
+        self.model, self.optimizer = prepare_for_training(self.acc, config, model.train(), config.lr)
         self.policy.model = self.acc.unwrap_model(self.model)
         self._prepare_sharded()
         self.segmenter = build_segmenter({
@@ -238,13 +233,6 @@ class GRPOTrainer:
         group_advantages(trajectories, self.config.adv_eps)
         return trajectories
 
-    def _micro_batches(self, trajectories: list[Trajectory]) -> list[list[Trajectory]]:
-        """Similar lengths together, so little of a forward pass is padding."""
-        n = max(1, self.config.micro_batch_size)
-        ordered = sorted(trajectories, key=lambda t: t.inputs["input_ids"].shape[1]
-                         + len(t.completion_ids))
-        return [ordered[i:i + n] for i in range(0, len(ordered), n)]
-
     def _reference_logprobs(self, trajs: list[Trajectory]):
         import torch
 
@@ -286,36 +274,32 @@ class GRPOTrainer:
         """
         c = self.config
         scored = [t for t in trajectories if len(t.completion_ids)]
-        batches = self._micro_batches(scored)
+        batches = micro_batches(scored, c.micro_batch_size)
         for batch in batches:
             for traj, ref in zip(batch, self._reference_logprobs(batch), strict=True):
                 traj.ref_logprobs = ref
         n_tokens = max(1, sum(len(t.completion_ids) for t in scored))
+        kl_sum = 0.0
+
+        def batch_loss(batch):
+            nonlocal kl_sum
+            loss = 0.0
+            # the reference pass just checked these very tensors
+            new_lps = batch_logprobs(self.model, batch, self.acc.device, c.temperature, check=False)
+            for traj, new_lp in zip(batch, new_lps, strict=True):
+                per_token, kl = policy_loss(new_lp, new_lp.detach(), traj.ref_logprobs,
+                                            traj.advantage, c.clip_eps, c.kl_coef)
+                loss = loss + per_token.sum() / n_tokens   # token-level mean over the step
+                kl_sum += float(kl.detach().sum())
+            return loss
+
         self.model.train()
-        start_accumulation(self.acc, len(batches))
-        loss_sum, kl_sum = 0.0, 0.0
-        for batch in batches:
-            with self.acc.accumulate(self.model):
-                loss = 0.0
-                # the reference pass just checked these very tensors
-                new_lps = batch_logprobs(self.model, batch, self.acc.device, c.temperature,
-                                         check=False)
-                for traj, new_lp in zip(batch, new_lps, strict=True):
-                    per_token, kl = policy_loss(new_lp, new_lp.detach(), traj.ref_logprobs,
-                                                traj.advantage, c.clip_eps, c.kl_coef)
-                    loss = loss + per_token.sum() / n_tokens   # token-level mean over the step
-                    kl_sum += float(kl.detach().sum())
-                backward_step_share(self.acc, self.model, loss)
-            loss_sum += float(loss.detach())
+        loss_sum = backward_micro_batches(self.acc, self.model, batches, batch_loss)
         return loss_sum, kl_sum, n_tokens
 
     def update(self, trajectories: list[Trajectory]) -> tuple[float, float, int]:
-        self.optimizer.zero_grad(set_to_none=True)
         result = self.accumulate_gradients(trajectories)
-        if self.config.grad_clip:   # DeepSpeed clips by its config's gradient_clipping
-            self.acc.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()      # under DeepSpeed the engine stepped in the last backward
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.acc, self.model, self.optimizer, self.config.grad_clip)
         return result
 
     # ------------------------------------------------------------------ loop
@@ -383,24 +367,61 @@ def sharding_of(acc) -> str | None:
     return None
 
 
-def start_accumulation(acc, n_micro_batches: int) -> None:
-    """One optimiser step over ``n_micro_batches`` backward passes, each inside
-    ``acc.accumulate``: gradients are reduced across processes on the last one only."""
-    acc.gradient_accumulation_steps = max(1, n_micro_batches)
-    acc.step = 0
+def prepare_for_training(acc, config: TrainConfig, model, lr: float):
+    """(prepared model, optimiser): AdamW on the trainable parameters, through
+    ``accelerator.prepare`` with the DeepSpeed settings a config needs and the ZeRO-3 saving
+    check; GRPO and SFT share it so that both train under the same wrappers."""
+    import torch
+
+    configure_deepspeed(acc, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=lr, weight_decay=config.weight_decay)
+    model, optimizer = acc.prepare(model, optimizer)
+    check_deepspeed_saving(acc, model)
+    return model, optimizer
 
 
-def backward_step_share(acc, model, loss) -> None:
-    """Backward of a micro-batch's share of the step's loss. ``accelerator.backward``
-    divides by the accumulation steps (DeepSpeed by its engine's own setting); the share
-    is already a part of the step's mean, so that division is undone."""
+def micro_batches(trajectories: list[Trajectory], size: int) -> list[list[Trajectory]]:
+    """Groups of ``size`` for one forward each, similar lengths together so that little of
+    a forward pass is padding."""
+    n = max(1, size)
+    ordered = sorted(trajectories, key=lambda t: t.inputs["input_ids"].shape[1]
+                     + len(t.completion_ids))
+    return [ordered[i:i + n] for i in range(0, len(ordered), n)]
+
+
+def backward_micro_batches(acc, model, batches: list, batch_loss) -> float:
+    """Gradients of one optimiser step from several micro-batches; ``batch_loss(batch)``
+    returns the batch's share of the step's mean loss. Each backward runs inside
+    ``acc.accumulate``, so gradients are reduced across processes once, on the last one,
+    under DDP, FSDP and DeepSpeed alike. Returns the summed loss."""
     from accelerate import DistributedType
 
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        factor = model.gradient_accumulation_steps()
-    else:
-        factor = acc.gradient_accumulation_steps
-    acc.backward(loss * factor)
+    acc.gradient_accumulation_steps = max(1, len(batches))
+    acc.step = 0
+    total = 0.0
+    for batch in batches:
+        with acc.accumulate(model):
+            loss = batch_loss(batch)
+            # accelerator.backward divides by the accumulation steps (DeepSpeed by its
+            # engine's own setting); a share of the step's mean must not be divided again
+            if acc.distributed_type == DistributedType.DEEPSPEED:
+                factor = model.gradient_accumulation_steps()
+            else:
+                factor = acc.gradient_accumulation_steps
+            acc.backward(loss * factor)
+        total += float(loss.detach())
+    return total
+
+
+def optimizer_step(acc, model, optimizer, grad_clip: float) -> None:
+    """Clip, step and clear the gradients. DeepSpeed clips by its config's
+    gradient_clipping (set from the same ``grad_clip``) and its engine already stepped in
+    the last backward; these calls then do nothing twice."""
+    if grad_clip:
+        acc.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def check_deepspeed_saving(acc, model) -> None:

@@ -66,53 +66,38 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
     """Cross-entropy on the target answers; same checkpoints and logs as GRPO."""
     from pathlib import Path
 
-    import torch
     from tqdm import tqdm
 
     from ..models.vlm import TransformersVLM
     from .grpo import (
         _Logger,
-        backward_step_share,
+        backward_micro_batches,
         batch_logprobs,
-        check_deepspeed_saving,
-        configure_deepspeed,
+        micro_batches,
+        optimizer_step,
+        prepare_for_training,
         save_weights,
-        start_accumulation,
     )
 
     acc = accelerator or config.make_accelerator()
-    configure_deepspeed(acc, config)
     policy = TransformersVLM(config.model, device=str(acc.device), dtype=config.weights_dtype)
-    model = policy.model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.sft_lr, weight_decay=config.weight_decay)
-    model, opt = acc.prepare(model, opt)
-    check_deepspeed_saving(acc, model)
+    model, opt = prepare_for_training(acc, config, policy.model.train(), config.sft_lr)
     policy.model = acc.unwrap_model(model)
     rng = random.Random(config.seed + acc.process_index)
     steps = config.steps if steps is None else steps
     per_rank = max(1, config.prompts_per_step // acc.num_processes)
     logger = _Logger(Path(config.out_dir), acc.is_main_process)
     history = []
-    micro = max(1, config.micro_batch_size)
     for step in tqdm(range(steps), desc="sft", disable=not acc.is_main_process):
         idx = [(step * per_rank * acc.num_processes + acc.process_index * per_rank + j) % len(dataset)
                for j in range(per_rank)]
         examples = [e for i in idx for e in sft_examples(policy, dataset.get(i), rng,
                                                          config.sft_points_per_box)]
         n_tokens = sum(len(e.completion_ids) for e in examples)
-        batches = [examples[i:i + micro] for i in range(0, len(examples), micro)]
-        opt.zero_grad(set_to_none=True)
-        start_accumulation(acc, len(batches))
-        total = 0.0
-        for batch in batches:
-            with acc.accumulate(model):
-                loss = -sum(lp.sum() for lp in batch_logprobs(model, batch, acc.device)) / n_tokens
-                backward_step_share(acc, model, loss)
-            total += float(loss.detach())
-        if config.grad_clip:        # as GRPO (DeepSpeed clips by its own setting, the same)
-            acc.clip_grad_norm_(model.parameters(), config.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        total = backward_micro_batches(
+            acc, model, micro_batches(examples, config.micro_batch_size),
+            lambda batch, n=n_tokens: -sum(lp.sum() for lp in batch_logprobs(model, batch, acc.device)) / n)
+        optimizer_step(acc, model, opt, config.grad_clip)
         metrics = {"step": step + 1, "loss": total, "tokens": n_tokens}
         history.append(metrics)
         logger.log(metrics)
