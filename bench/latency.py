@@ -211,12 +211,12 @@ def build_models(out: str, small: bool, sams: list[str], init_device: str, seed:
         print(f"  built and saved random {sam} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def load_segmenter(root: Path, sam: str, device: str):
+def load_segmenter(root: Path, sam: str, device: str, dtype: str):
     from socio_reasoner.models.segmenter import Sam2Backend, SamBackend
 
     if sam == "sam2":
-        return Sam2Backend(root / "sam2_l", device=device)
-    return SamBackend(root / "sam_vit_h.pth", variant="vit_h", device=device)
+        return Sam2Backend(root / "sam2_l", device=device, dtype=dtype)
+    return SamBackend(root / "sam_vit_h.pth", variant="vit_h", device=device, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- VLM timing
@@ -312,7 +312,9 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="VLM dtype; auto = bf16 on cuda, fp32 on cpu (SAM always fp32)")
+                   help="VLM dtype; auto = bf16 on cuda and on CPUs with native bf16, else fp32")
+    p.add_argument("--sam-dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="SAM image-encoder precision (autocast); auto as for the VLM")
     p.add_argument("--tokens", type=int, default=256, help="forced new tokens per stage")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -330,7 +332,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true",
                    help="TransformersVLM(compile_decode=True): static KV cache + compiled decode "
-                        "(CUDA only; the warm-up call pays the compilation)")
+                        "(the warm-up call pays the compilation)")
     return p.parse_args(argv)
 
 
@@ -405,7 +407,7 @@ def main(argv=None) -> int:
         segs, seg_load = {}, {}
         for sam in args.sam:
             t0 = time.perf_counter()
-            segs[sam] = load_segmenter(root, sam, device)
+            segs[sam] = load_segmenter(root, sam, device, args.sam_dtype)
             seg_load[sam] = time.perf_counter() - t0
         mem["after_sam_rss_mb"] = rss_mb()
 
@@ -541,7 +543,7 @@ def main(argv=None) -> int:
         ]
     for k, v in sam_t.items():
         rows += [[f"{k}: encode (set_image)", fmt_s(v["encode"].median), fmt_s(v["encode"].min),
-                  f"{fw}×{fh} image"],
+                  f"{fw}×{fh} image, encoder {str(segs[k].dtype).replace('torch.', '')}"],
                  [f"{k}: decode, box", fmt_s(v["decode_box"].median),
                   fmt_s(v["decode_box"].min), "per prompt"],
                  [f"{k}: decode, box + 3 points", fmt_s(v["decode_box_points"].median),

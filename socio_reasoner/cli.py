@@ -31,14 +31,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "vit_h/vit_l/vit_b for sam.")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default).")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="VLM weights: auto is bf16 on GPUs and on CPUs with AVX512-BF16 or "
-                        "AMX (1.5-2x faster there, see bench/README.md), else fp32.")
+                   help="VLM weights and SAM's image-encoder compute: auto is bf16 on GPUs "
+                        "and on CPUs with AVX512-BF16 or AMX (1.5-2x faster there, see "
+                        "bench/README.md), else fp32.")
     p.add_argument("--vlm-backend", default="transformers", choices=["transformers", "vllm"],
                    help="vllm (experimental, where vLLM is installed on a CUDA machine): "
                         "batched evaluation with vLLM's scheduler (default: %(default)s).")
     p.add_argument("--compile-decode", action="store_true",
-                   help="CUDA only, experimental: static KV cache + CUDA graphs for decoding "
-                        "(~3x faster tokens on an H100 after a ~45 s first-call compile).")
+                   help="Experimental: static KV cache + compiled decoding (CUDA graphs on "
+                        "CUDA): ~3x faster tokens on an H100 after a ~45 s first-call compile; "
+                        "slower on CPUs.")
     p.add_argument("--sample", action="store_true",
                    help="Sample like the paper's rollouts (temperature 0.99, top-p 0.99, top-k 100) "
                         "instead of greedy decoding.")

@@ -2,7 +2,7 @@
 
 Spec keys: ``vlm`` (hub id, local folder, or ``"scripted"`` with ``vlm_answers``),
 ``vlm_backend`` (``"transformers"``, the default, or ``"vllm"``), ``segmenter`` (``"sam2"``, ``"sam"`` or ``"box"``), ``segmenter_checkpoint`` (hub id,
-folder or file), ``segmenter_variant`` and ``device``.
+folder or file), ``segmenter_variant``, ``device`` and ``dtype`` (both models' compute precision).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def build_segmenter(spec: dict):
     from .segmenter import load_segmenter
 
     return load_segmenter(kind, spec.get("segmenter_checkpoint"), spec.get("segmenter_variant"),
-                          device=spec.get("device", "auto"))
+                          device=spec.get("device", "auto"), dtype=spec.get("dtype", "auto"))
 
 
 def build_reasoner(spec: dict) -> SocioReasoner:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ModelLoadError, ModelNotFoundError
 from .hub import HOW_TO_GET, looks_like_hub_id, resolve_file
-from .vlm import pick_device
+from .vlm import pick_device, pick_dtype
 
 # SAM (v1) encoder sizes: (embed dim, depth, heads, global-attention blocks, prompt dim,
 # decoder MLP dim, decoder heads, IoU-head width). vit_* follow segment_anything.build_sam.
@@ -189,26 +189,62 @@ def build_sam2_model(config: str | os.PathLike):
     return instantiate(cfg.model, _recursive_=True).eval()
 
 
+def encoder_dtype(dtype, device: str):
+    """The image encoder's compute precision. ``"auto"`` follows the VLM's rule (bf16 on
+    CUDA and on CPUs with native bf16, where SAM2-L encoded a 756² view 1.8× faster: 7.1 s
+    instead of 13.2 s); other devices (mps) stay float32, where autocast is not tested."""
+    import torch
+
+    if not str(device).startswith(("cuda", "cpu")):
+        return torch.float32
+    return pick_dtype(dtype, device)
+
+
+def _as_float32(value):
+    """Tensors in a predictor's cached state back in float32 (dicts and lists walked)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
+    if isinstance(value, dict):
+        return {k: _as_float32(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_float32(v) for v in value)
+    return value
+
+
 class _PromptSegmenter:
     """Shared bookkeeping: encode counting, prompt conversion, best-mask choice."""
 
     name = "segmenter"
 
-    def __init__(self, predictor, device: str):
+    def __init__(self, predictor, device: str, dtype="auto"):
         self.predictor = predictor
         self.device = device
+        self.dtype = encoder_dtype(dtype, device)
         self.encode_count = 0
         self._hw: tuple[int, int] | None = None
 
     def set_image(self, image: np.ndarray) -> None:
-        """Run the image encoder on an H×W×3 uint8 RGB image (the expensive step)."""
+        """Run the image encoder on an H×W×3 uint8 RGB image (the expensive step).
+
+        The encoder runs under autocast at `dtype` (the weights stay float32); its features
+        are kept in float32, so the prompt decoder, ~50 ms a prompt, runs as published.
+        """
         import torch
 
         image = np.ascontiguousarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be H×W×3 uint8, got {image.shape} {image.dtype}")
+        low = self.dtype != torch.float32
+        autocast = torch.autocast(str(self.device).split(":")[0], dtype=self.dtype, enabled=low)
         with torch.inference_mode():
-            self.predictor.set_image(image)
+            with autocast:
+                self.predictor.set_image(image)
+            if low:
+                for key, value in list(vars(self.predictor).items()):
+                    if key != "model":
+                        setattr(self.predictor, key, _as_float32(value))
         if str(self.device).startswith("cuda"):
             torch.cuda.synchronize()   # so timings charge the encoder, not the next step
         self._hw = image.shape[:2]
@@ -282,11 +318,14 @@ class SamBackend(_PromptSegmenter):
         ``vit_h``, ``vit_l``, ``vit_b`` or ``tiny``; must match the checkpoint.
     device : str
         ``"auto"`` (cuda, mps, cpu) or a torch device string.
+    dtype : str
+        Image-encoder precision (`encoder_dtype`): ``"auto"``, ``"bf16"`` or ``"fp32"``.
     """
 
     name = "sam"
 
-    def __init__(self, checkpoint: str | os.PathLike, variant: str = "vit_h", device: str = "auto"):
+    def __init__(self, checkpoint: str | os.PathLike, variant: str = "vit_h", device: str = "auto",
+                 dtype="auto"):
         from segment_anything import SamPredictor
 
         path = Path(os.fspath(checkpoint)).expanduser()
@@ -298,7 +337,7 @@ class SamBackend(_PromptSegmenter):
         except RuntimeError as exc:
             raise ModelLoadError(f"'{path}' is not a SAM {variant} checkpoint: {exc}") from exc
         device = pick_device(device)
-        super().__init__(SamPredictor(model.to(device)), device)
+        super().__init__(SamPredictor(model.to(device)), device, dtype)
         self.name = f"sam:{variant}"
 
 
@@ -316,12 +355,14 @@ class Sam2Backend(_PromptSegmenter):
         from official file names when omitted.
     device : str
         ``"auto"`` (cuda, mps, cpu) or a torch device string.
+    dtype : str
+        Image-encoder precision (`encoder_dtype`): ``"auto"``, ``"bf16"`` or ``"fp32"``.
     """
 
     name = "sam2"
 
     def __init__(self, checkpoint_or_id: str | os.PathLike = DEFAULT_SAM2,
-                 variant: str | None = None, device: str = "auto"):
+                 variant: str | None = None, device: str = "auto", dtype="auto"):
         config, weights = self._locate(checkpoint_or_id, variant)
         try:
             from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -336,7 +377,7 @@ class Sam2Backend(_PromptSegmenter):
         with warnings.catch_warnings():   # SAM2Transforms still calls torch.jit.script
             warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
             predictor = SAM2ImagePredictor(model.to(device))
-        super().__init__(predictor, device)
+        super().__init__(predictor, device, dtype)
         self.name = f"sam2:{checkpoint_or_id if variant is None else variant}"
 
     @staticmethod
@@ -367,7 +408,7 @@ SEGMENTERS = {"sam2": Sam2Backend, "sam": SamBackend}
 
 
 def load_segmenter(kind: str = "sam2", checkpoint_or_id: str | os.PathLike | None = None,
-                   variant: str | None = None, device: str = "auto"):
+                   variant: str | None = None, device: str = "auto", dtype="auto"):
     """Build a segmenter by kind.
 
     Parameters
@@ -380,6 +421,8 @@ def load_segmenter(kind: str = "sam2", checkpoint_or_id: str | os.PathLike | Non
         SAM size (default ``vit_h``) or SAM2 config for a bare ``.pt`` file.
     device : str
         ``"auto"`` or a torch device string.
+    dtype : str
+        Image-encoder precision (`encoder_dtype`).
 
     Returns
     -------
@@ -390,5 +433,5 @@ def load_segmenter(kind: str = "sam2", checkpoint_or_id: str | os.PathLike | Non
     if kind == "sam":
         if checkpoint_or_id is None:
             raise ModelNotFoundError(f"SAM needs a checkpoint file. {HOW_TO_GET}")
-        return SamBackend(checkpoint_or_id, variant or "vit_h", device)
-    return Sam2Backend(checkpoint_or_id or DEFAULT_SAM2, variant, device)
+        return SamBackend(checkpoint_or_id, variant or "vit_h", device, dtype)
+    return Sam2Backend(checkpoint_or_id or DEFAULT_SAM2, variant, device, dtype)

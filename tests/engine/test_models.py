@@ -140,6 +140,43 @@ def test_segmenter_encodes_once_and_predicts(seg_source):
     assert seg.predict(box_xyxy=box / 2)[0].shape == (200, 250) and seg.encode_count == 2
 
 
+def _float_tensors(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _float_tensors(v)]
+    return []
+
+
+def test_segmenter_encoder_precision(seg_source):
+    """bf16 runs the image encoder under autocast and keeps float32 features for the
+    decoder: features near fp32's but not equal (the encoder really ran in bf16), masks
+    nearly the same; `auto` is bf16 exactly where the VLM's rule says so."""
+    import torch
+
+    from socio_reasoner.models.segmenter import encoder_dtype, load_segmenter
+    from socio_reasoner.models.vlm import cpu_has_native_bf16
+
+    out = {}
+    for dtype in ("fp32", "bf16"):
+        seg = load_segmenter(*seg_source, device="cpu", dtype=dtype)
+        seg.set_image(_view())
+        mask, _ = seg.predict(box_xyxy=np.array([120, 80, 300, 220]), points_xy=np.array([[200, 150]]))
+        out[dtype] = (_float_tensors(seg.get_state()["predictor"]), mask)
+    (f32, m32), (f16, m16) = out["fp32"], out["bf16"]
+    assert f32 and len(f16) == len(f32) and all(t.dtype == torch.float32 for t in f16)
+    diffs = [float((a - b).abs().max() / a.abs().max()) for a, b in zip(f32, f16, strict=True)]
+    assert max(diffs) > 1e-4 and max(diffs) < 0.05, diffs
+    assert (m32 & m16).sum() / (m32 | m16).sum() > 0.98
+    native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert encoder_dtype("auto", "cpu") == native and encoder_dtype("auto", "cuda") == torch.bfloat16
+    assert encoder_dtype("auto", "mps") == torch.float32 and encoder_dtype("fp32", "cuda") == torch.float32
+
+
 def _run(kind, source, variant):
     from socio_reasoner.models.segmenter import load_segmenter
 
@@ -238,3 +275,28 @@ def test_answers_never_contain_image_tokens(tiny_vlm_dir):
         assert int(out.logits[0, -1].argmax()) == image_token
     finally:
         handle.remove()
+
+
+def test_compiled_decode_answers_as_the_default_path(tiny_vlm_dir):
+    """compile_decode (static KV cache + a torch.compile'd decode step) is a speed option
+    only: on a left-padded batch its greedy tokens equal the default path's, in fp32 where
+    both run the same arithmetic. (On GPUs in bf16 kernels differ, so answers may too.)"""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from socio_reasoner.models.vlm import TransformersVLM
+
+    eager = TransformersVLM(tiny_vlm_dir, device="cpu", dtype="float32")
+    compiled = TransformersVLM(tiny_vlm_dir, device="cpu", dtype="float32", compile_decode=True)
+    small = [np.full((504, 672, 3), 90, np.uint8)]
+    requests = [(_pair(0), PROMPT), (small, "hi")]       # different prompt lengths: padding
+    config = GenerationConfig(max_new_tokens=16, min_new_tokens=16)
+    torch._dynamo.reset()
+    counters.clear()
+    expected = eager.batch_generate(requests, config)
+    assert counters["stats"]["unique_graphs"] == 0
+    got = compiled.batch_generate(requests, config)
+    assert counters["stats"]["unique_graphs"] >= 1       # the decode step really was compiled
+    assert [r.token_ids.tolist() for r in got] == [r.token_ids.tolist() for r in expected]
+    assert len(set(expected[0].token_ids.tolist())) > 3   # a varied answer, not one token
+    torch._dynamo.reset()
