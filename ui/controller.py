@@ -5,40 +5,24 @@ QGIS project and canvas. Captures run on the main thread (they read live layers)
 work runs in an ``EngineTask``; layers are created in the task's ``finished()``.
 """
 
-import base64
-import json
-import os
 from dataclasses import dataclass, field
 
 from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsGeometry,
     QgsPointXY,
     QgsProject,
-    QgsRasterLayer,
     QgsRectangle,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QObject, Qt, QThread, pyqtSignal
 from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 
 from ..socio_reasoner.errors import UnknownViewError
-from .capture import (
-    CaptureError,
-    area_m2,
-    capture_tile,
-    capture_view,
-    ground_measure,
-    plan_capture,
-)
+from .capture import CaptureError, capture_tile
 from .export import ExportError, export_layer
-from .layers import (
-    add_run_layers,
-    geometry_from_geojson,
-    prompts_from_layers,
-    update_result_layer,
-)
+from .find import merge_replies, next_tiles, run_tiles, start_capture, tile_view, tiles_label
+from .layers import add_run_layers, prompts_from_layers, update_result_layer
 from .session import EngineSession
 from .settings import EngineSettings
 from .task import Canceled, EngineTask, Failed, Success
@@ -58,66 +42,6 @@ class Run:
     tiles: list = field(default_factory=list)   # (view_id, QgsRectangle extent)
     recapture: object = None                    # extent -> CaptureTile, if the worker forgot it
     sat_file: dict | None = None                # {"path": ...} when the engine reads the file
-
-
-def merge_replies(replies: list[dict], transform_context=None) -> dict:
-    """One reply from the replies of overlapping tiles: prompts are concatenated (box ids
-    renumbered), and result polygons that overlap across tiles are dissolved into one,
-    whose ``area_m2`` is measured again on the ellipsoid."""
-    if len(replies) == 1:
-        return replies[0]
-    merged = {**replies[0], "boxes": {"type": "FeatureCollection", "features": []},
-              "points": {"type": "FeatureCollection", "features": []}}
-    offset = 0
-    for reply in replies:
-        ids = set()
-        for key in ("boxes", "points"):
-            for f in reply.get(key, {}).get("features", []):
-                props = {**f["properties"], "box_id": f["properties"]["box_id"] + offset}
-                ids.add(f["properties"]["box_id"])
-                merged[key]["features"].append({**f, "properties": props})
-        offset += (max(ids) + 1) if ids else 0
-    feats = [f for r in replies for f in r["result"]["features"]]
-    geoms = [geometry_from_geojson(f["geometry"]) for f in feats]
-    out = []
-    if geoms:
-        measure = ground_measure(QgsCoordinateReferenceSystem.fromWkt(replies[0]["crs"]),
-                                 transform_context)
-        union = QgsGeometry.unaryUnion(geoms)
-        for part in union.asGeometryCollection() if union.isMultipart() else [union]:
-            # attributes of the largest source polygon inside this dissolved part
-            src = max((i for i, g in enumerate(geoms) if g.intersects(part)),
-                      key=lambda i: geoms[i].area(), default=0)
-            props = {**feats[src]["properties"],
-                     "area_m2": round(area_m2(measure, part), 2)}
-            out.append({"type": "Feature", "geometry": _geojson(part), "properties": props})
-    merged["result"] = {"type": "FeatureCollection", "features": out}
-    return merged
-
-
-def local_raster_spec(layer) -> dict | None:
-    """``{"path": file}`` when ``layer`` is a single-file GDAL raster on this machine."""
-    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
-        return None
-    path = layer.source().split("|")[0]
-    if not os.path.isfile(path) or not layer.crs().isValid():
-        return None
-    return {"path": path}
-
-
-def tile_view(tile, sat_file: dict | None = None) -> dict:
-    """A captured tile as the worker's view parameters: grid, map image, and the satellite
-    image, or the file the engine reads itself."""
-    return {"grid": tile.grid, "sat": sat_file or {"png_base64": _b64(tile.sat_png)},
-            "map": {"png_base64": _b64(tile.map_png)}}
-
-
-def _b64(png: bytes) -> str:
-    return base64.b64encode(png).decode("ascii")
-
-
-def _geojson(geom: QgsGeometry) -> dict:
-    return json.loads(geom.asJson(17))
 
 
 class MainThreadCall(QObject):
@@ -184,24 +108,17 @@ class Controller:
         canvas = self.iface.mapCanvas()
         extent, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
         try:
-            plan = plan_capture(extent, crs, tile_px=self.settings.tile_px,
-                                transform_context=self.project.transformContext(),
-                                max_tiles=self.settings.max_tiles)
-            if len(plan.tiles) > ASK_ABOVE_TILES and not self.confirm(
-                    tr("Large view"), tr(f"The view will be cut into {len(plan.tiles)} tiles; "
-                                         "each takes one model run. Continue?")):
-                return self._status(tr("Cancelled: zoom in for a faster run."))
-            # A local GDAL raster is read by the engine itself (GDAL warp onto the tile's
-            # grid), which places pixels more exactly than QGIS's on-the-fly raster
-            # reprojection; then QGIS renders only the map.
-            sat_file = local_raster_spec(sat)
-            # Checks the layers now; each tile is rendered only when the task asks for it.
-            tiles = capture_view(plan, [sat], [map_],
-                                 transform_context=self.project.transformContext(),
-                                 project=self.project, render_sat=sat_file is None)
+            # checks the layers now; each tile is rendered only when the task asks for it
+            capture = start_capture(extent, crs, sat, map_, self.settings,
+                                    self.project.transformContext(), self.project)
         except CaptureError as exc:
             return self._fail(str(exc))
-        mode, n = self.settings.mode, len(plan.tiles)
+        n = capture.count
+        if n > ASK_ABOVE_TILES and not self.confirm(
+                tr("Large view"), tr(f"The view will be cut into {n} tiles; "
+                                     "each takes one model run. Continue?")):
+            return self._status(tr("Cancelled: zoom in for a faster run."))
+        mode, sat_file = self.settings.mode, capture.sat_file
         extents = []
 
         def work(report, is_cancelled):
@@ -214,26 +131,15 @@ class Controller:
                 # Rendering needs the main thread; at most one batch of tiles is held at a
                 # time, so memory stays flat however large the view, and QGIS stays
                 # responsive between tiles.
-                batch = []
-                while len(batch) < batch_size:
-                    tile = self._on_main(lambda: next(tiles, None))
-                    if tile is None:
-                        break
-                    batch.append(tile)
+                batch = self._on_main(lambda: next_tiles(capture, batch_size))
                 if not batch:
                     break
-
                 size = len(batch)
 
                 def progress(f, m, k=done, b=size):
-                    report(0.05 + 0.95 * (k + f * b) / n, f"{tr('tile')} {k + 1}/{n}: {m}")
-                views = [tile_view(t, sat_file) for t in batch]
-                params = {"query": query, "mode": mode, **self.debug_params}
-                # one tile: the single-view form; several: one VLM batch per stage
-                params.update(views[0] if len(views) == 1 else {"views": views})
-                reply = self.session.request("run", params, on_progress=progress,
-                                             is_cancelled=is_cancelled)
-                replies += reply["results"] if len(views) > 1 else [reply]
+                    report(0.05 + 0.95 * (k + f * b) / n, f"{tiles_label(k, b, n)}: {m}")
+                replies += run_tiles(self.session, batch, sat_file, query, mode, progress,
+                                     is_cancelled, extra=self.debug_params)
                 extents.extend(t.extent for t in batch)
                 done += len(batch)
             if not replies and not is_cancelled():

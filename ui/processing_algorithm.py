@@ -2,9 +2,9 @@
 
 The dock's "Find in view" without the dock: for batch runs, the graphical modeler,
 ``processing.run`` and ``qgis_process``. It captures an extent of a satellite layer and a
-map layer the way the dock captures the view (``plan_capture`` + ``capture_view``), sends
-each tile to the engine worker's ``run`` request, merges the tiles' replies
-(``merge_replies``) and writes the result polygons to a feature sink.
+map layer, sends the tiles to the engine worker's ``run`` request in batches of the
+settings' *tiles per batch*, and merges the tiles' replies, exactly as the dock does (the
+shared steps live in ui/find.py), then writes the result polygons to a feature sink.
 
 Output
     MultiPolygons with exactly the engine's result schema (``RESULT_SCHEMA`` in
@@ -22,7 +22,7 @@ Engine settings
     parameter ENGINE_SPEC (a JSON object, normally left empty) overrides them for one run,
     for replaying a run or for tests: keys that name an ``EngineSettings`` field (``vlm``,
     ``vlm_backend``, ``segmenter``, ``segmenter_checkpoint``, ``segmenter_variant``, ``device``,
-    ``sampling``, ``max_new_tokens``, ``timeout_s``, ``tile_px``, ``offline``) replace that
+    ``sampling``, ``max_new_tokens``, ``timeout_s``, ``tile_px``, ``tile_batch``, ``offline``) replace that
     setting; every other key is added to the worker's ``load`` request, e.g.
     ``{"vlm": "scripted", "vlm_answers": ["..."], "segmenter": "box"}``. The engine's
     interpreter (``engine_python``) cannot be set here: a shared model or batch file must
@@ -79,8 +79,8 @@ from qgis.PyQt.QtCore import QCoreApplication, QThread
 from qgis.PyQt.QtGui import QIcon
 
 from ..socio_reasoner.errors import CancelledError, SocioReasonerError
-from .capture import CaptureError, capture_view, plan_capture
-from .controller import local_raster_spec, merge_replies, tile_view
+from .capture import CaptureError
+from .find import merge_replies, next_tiles, run_tiles, start_capture, tiles_label
 from .layers import RESULT_FIELDS, _fields, geometry_from_geojson
 from .session import EngineSession, shared_worker
 from .settings import EngineSettings
@@ -93,8 +93,8 @@ POLL_S = 0.05                                # how often the main thread looks u
 
 # ENGINE_SPEC keys that replace an EngineSettings field; everything else goes to ``load``.
 _OVERRIDABLE = ("vlm", "vlm_backend", "segmenter", "segmenter_checkpoint", "segmenter_variant",
-                "device",
-                "sampling", "max_new_tokens", "timeout_s", "tile_px", "offline")
+                "device", "sampling", "max_new_tokens", "timeout_s", "tile_px", "tile_batch",
+                "offline")
 _REFUSED = {
     "engine_python": "the engine's Python is only taken from the plugin settings",
     "mode": "use the MODE parameter",
@@ -383,24 +383,19 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
         """Plan the tiles and check the layers; tiles are rendered (on this, the main
         thread) one at a time as the engine asks for them, so memory stays flat.
 
-        Returns (tile count, lazy tile iterator, the satellite file the engine reads or None).
+        Returns a `ViewCapture`.
         """
-        transform_context = context.transformContext()
         try:
-            plan = plan_capture(extent, crs, tile_px=settings.tile_px,
-                                transform_context=transform_context,
-                                max_tiles=settings.max_tiles)
-            feedback.pushInfo(tr(
-                f"Capturing {len(plan.tiles)} tile(s) of {plan.tile_px} px at "
-                f"{plan.ground_px_size:.3g} map units per pixel ({crs.authid() or crs.description()})."))
-            sat_file = local_raster_spec(sat)
-            tiles = capture_view(plan, [sat], [map_], transform_context=transform_context,
-                                 project=context.project() or QgsProject.instance(),
-                                 render_sat=sat_file is None)
+            capture = start_capture(extent, crs, sat, map_, settings, context.transformContext(),
+                                    context.project() or QgsProject.instance())
         except CaptureError as exc:
             raise QgsProcessingException(str(exc)) from exc
+        plan = capture.plan
+        feedback.pushInfo(tr(
+            f"Capturing {capture.count} tile(s) of {plan.tile_px} px at "
+            f"{plan.ground_px_size:.3g} map units per pixel ({crs.authid() or crs.description()})."))
         feedback.setProgress(_CAPTURE[1])
-        return len(plan.tiles), tiles, sat_file
+        return capture
 
     def _run_engine(self, captured, query, mode, settings, feedback):
         """Load the models and run every tile; engine errors become QgsProcessingException."""
@@ -430,24 +425,28 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
 
             _wait_for(lambda report, is_cancelled: session.ensure_loaded(report, is_cancelled),
                       feedback, cancelled, on_load)
-            n, tiles, sat_file = captured
-            replies = []
-            for k, tile in enumerate(tiles):
+            n, replies = captured.count, []
+            while True:
                 if feedback.isCanceled():
                     raise CancelledError("Cancelled.")
-                for warning in tile.warnings:
+                # rendered here, on the main thread, one batch at a time (flat memory)
+                batch = next_tiles(captured, settings.tile_batch)
+                if not batch:
+                    break
+                for warning in (w for tile in batch for w in tile.warnings):
                     feedback.reportError(warning, False)
-                params = {"query": query, "mode": mode, **tile_view(tile, sat_file)}
 
-                def on_tile(f, m, k=k):
-                    feedback.setProgress(_scaled(_TILES, (k + f) / n))
-                    show(f"{tr('tile')} {k + 1}/{n}: {m}" if n > 1 else m)
+                done, size = len(replies), len(batch)
 
-                replies.append(_wait_for(
-                    lambda report, is_cancelled, params=params: session.request(
-                        "run", params, on_progress=report, is_cancelled=is_cancelled),
-                    feedback, cancelled, on_tile))
-                on_tile(1.0, tr("done"))
+                def on_tiles(f, m, k=done, b=size):
+                    feedback.setProgress(_scaled(_TILES, (k + f * b) / n))
+                    show(f"{tiles_label(k, b, n)}: {m}" if n > 1 else m)
+
+                replies += _wait_for(
+                    lambda report, is_cancelled, batch=batch: run_tiles(
+                        session, batch, captured.sat_file, query, mode, report, is_cancelled),
+                    feedback, cancelled, on_tiles)
+                on_tiles(1.0, tr("done"))
             if not replies:
                 raise QgsProcessingException(
                     tr("No part of the extent is covered by the satellite layer."))

@@ -244,10 +244,12 @@ def test_the_output_is_in_the_extents_crs(scene):
 
 
 @needs_engine
-def test_a_wide_extent_runs_per_tile_and_merges(scene):
+@pytest.mark.parametrize("tile_batch", [1, 2])
+def test_a_wide_extent_runs_per_tile_and_merges(scene, tile_batch):
     """An extent wider than one 768 px tile at 1 m/px: two tiles, each answered with the
-    scripted box; the overlapping boxes are dissolved into one polygon whose area is
-    measured on the QGIS side."""
+    scripted box, one request per tile or both in one batch (the settings' tiles per
+    batch); the overlapping boxes are dissolved into one polygon whose area is measured
+    on the QGIS side."""
     from socioreasoner.ui.capture import plan_capture
 
     processing, layers, _ = scene
@@ -260,9 +262,10 @@ def test_a_wide_extent_runs_per_tile_and_merges(scene):
     out = processing.run(ALG_ID, {
         "EXTENT": "2776200,2777780,8438000,8438400 [EPSG:3857]",
         "SATELLITE": layers["sat"], "MAP": layers["map"], "QUERY": "school",
-        "MODE": "stage1", "ENGINE_SPEC": spec([S1]), "OUTPUT": "TEMPORARY_OUTPUT"},
-        feedback=feedback)["OUTPUT"]
-    assert any("tile 2/2" in t for t in feedback.texts)
+        "MODE": "stage1", "ENGINE_SPEC": spec([S1], tile_batch=tile_batch),
+        "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=feedback)["OUTPUT"]
+    told = "tile 2/2" if tile_batch == 1 else "tiles 1–2/2"
+    assert any(told in t for t in feedback.texts) and feedback.progress() == pytest.approx(100)
     assert out.featureCount() == 1
     (feature,) = out.getFeatures()
     assert_bbox(feature.geometry(), (min(b[0] for b in boxes), min(b[1] for b in boxes),
