@@ -585,7 +585,9 @@ def main(argv=None) -> int:
     tag = "bf16" if vlm.dtype == torch.bfloat16 else "fp32" if vlm.dtype == torch.float32 else \
         str(vlm.dtype).replace("torch.", "")
     write_result(f"latency-{'small' if args.small else '3b'}-{tag}"
-                 + ("-compiled" if vlm.compile_decode else ""), payload, device, args)
+                 + ("-compiled" if vlm.compile_decode else "")
+                 + (f"-sam-{args.sam_dtype}" if args.sam_dtype != "auto" else ""),
+                 payload, device, args)
     return 0
 
 

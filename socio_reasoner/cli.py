@@ -189,7 +189,8 @@ def cmd_sft(args) -> int:
 
     config = _train_config(args)
     history = train_sft(config, SocioSegDataset.open(config.data, split=config.split))
-    print(f"sft: {len(history)} step(s), last loss {history[-1]['loss']:.4f} -> {config.out_dir}")
+    last = f", last loss {history[-1]['loss']:.4f}" if history else ""
+    print(f"sft: {len(history)} step(s){last} -> {config.out_dir}")
     return 0
 
 

@@ -107,6 +107,8 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
     if acc.is_main_process:
         (out / "config.json.train").write_text(json.dumps(config.to_dict(), indent=2))
     acc.wait_for_everyone()
+    if accelerator is None:
+        acc.end_training()      # its own: leave the process group, so processes exit cleanly
     return history
 
 
