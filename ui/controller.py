@@ -125,7 +125,7 @@ class Controller:
             report(0.0, tr("Starting the engine…"))
             self.session.ensure_loaded(lambda f, m: report(0.05 * f, m), is_cancelled)
             replies = []
-            batch_size = max(1, self.settings.tile_batch)
+            batch_size = self.session.tile_batch()
             done = 0
             while not is_cancelled():
                 # Rendering needs the main thread; at most one batch of tiles is held at a

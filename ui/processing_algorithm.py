@@ -3,7 +3,7 @@
 The dock's "Find in view" without the dock: for batch runs, the graphical modeler,
 ``processing.run`` and ``qgis_process``. It captures an extent of a satellite layer and a
 map layer, sends the tiles to the engine worker's ``run`` request in batches of the
-settings' *tiles per batch*, and merges the tiles' replies, exactly as the dock does (the
+settings' *tiles per batch* (auto: 4 on a GPU, 1 on a CPU), and merges the tiles' replies, exactly as the dock does (the
 shared steps live in ui/find.py), then writes the result polygons to a feature sink.
 
 Output
@@ -430,7 +430,7 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
                 if feedback.isCanceled():
                     raise CancelledError("Cancelled.")
                 # rendered here, on the main thread, one batch at a time (flat memory)
-                batch = next_tiles(captured, settings.tile_batch)
+                batch = next_tiles(captured, session.tile_batch())
                 if not batch:
                     break
                 for warning in (w for tile in batch for w in tile.warnings):

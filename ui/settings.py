@@ -30,7 +30,7 @@ class EngineSettings:
     timeout_s: int = 900                         # per request; a hung worker is stopped
     tile_px: int = 768
     max_tiles: int = 64                          # larger views are refused (zoom in)
-    tile_batch: int = 1                          # tiles per VLM batch: 4-16 pay off on a GPU
+    tile_batch: int = 0                          # tiles per VLM batch; 0: auto (4 on a GPU, else 1)
     offline: bool = False                        # never contact the hub
     # Not stored: extra ``load`` keys, e.g. a scripted replay {"vlm": "scripted", ...}.
     extra: dict = field(default_factory=dict)

@@ -55,9 +55,12 @@ class SettingsDialog(QDialog):
         self.timeout.setSuffix(" s")
         self.timeout.setValue(settings.timeout_s)
         self.tile_batch = QSpinBox()
-        self.tile_batch.setRange(1, 64)
+        self.tile_batch.setRange(0, 64)
+        self.tile_batch.setSpecialValueText(tr("auto"))      # shown for 0
         self.tile_batch.setValue(settings.tile_batch)
-        self.tile_batch.setToolTip(tr("Tiles per model batch in large views: 4-16 on a GPU, 1 on a CPU"))
+        self.tile_batch.setToolTip(tr("Tiles per model batch in large views. Auto: 4 when the "
+                                      "model runs on a GPU, 1 on a CPU (batches only pay off on "
+                                      "GPUs; 8-16 are faster still where GPU memory allows)."))
         self.offline = QCheckBox(tr("Offline: use only downloaded weights"))
         self.offline.setChecked(settings.offline)
         hint = QLabel(tr("The engine runs in its own Python environment (build it with "

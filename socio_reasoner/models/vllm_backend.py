@@ -24,13 +24,9 @@ from ..frames import QWEN_MAX_PIXELS as MAX_PIXELS
 from ..frames import QWEN_MIN_PIXELS as MIN_PIXELS
 from .base import GenerationConfig, VLMReply
 from .hub import resolve_model_dir
-from .vlm import TransformersVLM, chat_prompt, end_token_ids, frame_image
+from .vlm import TransformersVLM, chat_prompt, end_token_ids, frame_image, pick_dtype
 
 IMAGES_PER_PROMPT = 2   # map and satellite
-
-
-VLLM_DTYPES = {"auto": "bfloat16", "bf16": "bfloat16", "bfloat16": "bfloat16",
-               "fp16": "float16", "float16": "float16", "fp32": "float32", "float32": "float32"}
 
 
 def sampling_kwargs(config: GenerationConfig, index: int = 0,
@@ -75,9 +71,10 @@ class VLLMVLM:
                 "environment), or use the transformers backend.") from exc
         path = resolve_model_dir(model, revision=revision)
         self.name = f"vllm:{model}"
+        self.device = "cuda"        # vLLM takes the visible GPU
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
-        if dtype not in VLLM_DTYPES:
-            raise ValueError(f"Unknown dtype {dtype!r}; use auto, bf16, fp16 or fp32.")
+        # the names TransformersVLM takes; vLLM runs on CUDA, where auto is bf16
+        dtype = str(pick_dtype(dtype, "cuda")).removeprefix("torch.")
         try:
             from transformers import AutoProcessor
             from transformers import GenerationConfig as HFGenerationConfig
@@ -86,7 +83,7 @@ class VLLMVLM:
             self.stop_token_ids = end_token_ids(HFGenerationConfig.from_pretrained(path),
                                                 self.processor.tokenizer)
             self.llm = LLM(
-                model=str(path), dtype=VLLM_DTYPES[dtype],
+                model=str(path), dtype=dtype,
                 trust_remote_code=False, seed=seed, max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
                 limit_mm_per_prompt={"image": IMAGES_PER_PROMPT, "video": 0},

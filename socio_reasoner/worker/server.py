@@ -70,7 +70,7 @@ class Engine:
         spec.pop("generation", None)
         if spec == self.model_spec and self.reasoner is not None:
             self._set_generation(params.get("generation"))
-            return {"models": spec, "reused": True}
+            return {"models": spec, "reused": True, "device": self._vlm_device()}
         self.unload()
         progress(0.0, "loading models")
         from ..models.loading import build_reasoner  # heavy imports start here
@@ -80,7 +80,12 @@ class Engine:
         self.model_spec = spec
         self._set_generation(params.get("generation"))
         progress(1.0, "models loaded")
-        return {"models": spec, "reused": False, "seconds": time.perf_counter() - t0}
+        return {"models": spec, "reused": False, "seconds": time.perf_counter() - t0,
+                "device": self._vlm_device()}
+
+    def _vlm_device(self) -> str:
+        """Where the VLM runs ("cuda:0", "cpu"...): the plugin sizes tile batches by it."""
+        return str(getattr(self.reasoner.vlm, "device", "cpu"))   # a scripted VLM: none
 
     def unload(self) -> None:
         """Drop the current models (and their GPU memory) before loading others."""

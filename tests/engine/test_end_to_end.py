@@ -78,6 +78,7 @@ def test_worker_process_with_tiny_models(tmp_path, tiny_vlm_dir, tiny_sam2):
     with WorkerClient(sys.executable, env={"HF_HUB_OFFLINE": "1"}, log_path=tmp_path / "w.log") as c:
         loaded = c.request("load", spec, timeout_s=300)
         assert loaded["reused"] is False and c.request("load", spec)["reused"] is True
+        assert loaded["device"] == "cpu"          # the plugin sizes tile batches by it
         out = c.request("run", {**view, "query": "park", "view_id": "v"}, timeout_s=300)
         assert 'AUTHORITY["EPSG","3067"]]' in out["crs"] and out["stages"][0]["name"] == "stage1"
         assert out["sam_encodings"] == 1

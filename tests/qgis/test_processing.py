@@ -244,13 +244,14 @@ def test_the_output_is_in_the_extents_crs(scene):
 
 
 @needs_engine
-@pytest.mark.parametrize("tile_batch", [1, 2])
+@pytest.mark.parametrize("tile_batch", [0, 1, 2])
 def test_a_wide_extent_runs_per_tile_and_merges(scene, tile_batch):
     """An extent wider than one 768 px tile at 1 m/px: two tiles, each answered with the
     scripted box, one request per tile or both in one batch (the settings' tiles per
-    batch); the overlapping boxes are dissolved into one polygon whose area is measured
-    on the QGIS side."""
+    batch; 0, auto, is 1 for a model on the CPU); the overlapping boxes are dissolved into
+    one polygon whose area is measured on the QGIS side."""
     from socioreasoner.ui.capture import plan_capture
+    from socioreasoner.ui.session import shared_worker
 
     processing, layers, _ = scene
     extent, crs = QgsRectangle(2776200, 8438000, 2777780, 8438400), \
@@ -264,8 +265,9 @@ def test_a_wide_extent_runs_per_tile_and_merges(scene, tile_batch):
         "SATELLITE": layers["sat"], "MAP": layers["map"], "QUERY": "school",
         "MODE": "stage1", "ENGINE_SPEC": spec([S1], tile_batch=tile_batch),
         "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=feedback)["OUTPUT"]
-    told = "tile 2/2" if tile_batch == 1 else "tiles 1–2/2"
+    told = "tiles 1–2/2" if tile_batch == 2 else "tile 2/2"
     assert any(told in t for t in feedback.texts) and feedback.progress() == pytest.approx(100)
+    assert shared_worker().loaded_device == "cpu"          # from the worker's load reply
     assert out.featureCount() == 1
     (feature,) = out.getFeatures()
     assert_bbox(feature.geometry(), (min(b[0] for b in boxes), min(b[1] for b in boxes),

@@ -40,3 +40,20 @@ def test_settings_dialog_applies_and_stores(plugin_package, qgis_app):
     assert EngineSettings.load().model_spec()["vlm_backend"] == "vllm"     # reaches the worker
     assert EngineSettings.load().vlm == "/data/my-model" and EngineSettings.load().tile_batch == 8
     QgsSettings().remove(PREFIX.rstrip("/"))
+
+
+def test_auto_tile_batch_follows_the_loaded_device(plugin_package, qgis_app):
+    """Tiles per batch 0 (the default, shown as "auto") batches on a GPU only, where it
+    pays; a number set by the user is kept whatever the device."""
+    from socioreasoner.ui.session import GPU_TILE_BATCH, EngineSession, SharedWorker
+    from socioreasoner.ui.settings import EngineSettings
+    from socioreasoner.ui.settings_dialog import SettingsDialog
+
+    assert EngineSettings().tile_batch == 0 and GPU_TILE_BATCH > 1
+    assert SettingsDialog(EngineSettings()).tile_batch.text() == "auto"
+    worker = SharedWorker()         # loaded_device is what the worker's load reply said
+    auto = EngineSession(EngineSettings(), worker)
+    fixed = EngineSession(EngineSettings(tile_batch=3), worker)
+    for device, expected in ((None, 1), ("cpu", 1), ("cuda:0", GPU_TILE_BATCH)):
+        worker.loaded_device = device
+        assert (auto.tile_batch(), fixed.tile_batch()) == (expected, 3), device
