@@ -188,7 +188,9 @@ def cmd_sft(args) -> int:
     from .train.sft import train_sft
 
     config = _train_config(args)
-    history = train_sft(config, SocioSegDataset.open(config.data, split=config.split))
+    accelerator = config.make_accelerator()
+    history = train_sft(config, SocioSegDataset.open(config.data, split=config.split), accelerator=accelerator)
+    accelerator.end_training()    # leaves the process group: processes exit cleanly
     last = f", last loss {history[-1]['loss']:.4f}" if history else ""
     print(f"sft: {len(history)} step(s){last} -> {config.out_dir}")
     return 0

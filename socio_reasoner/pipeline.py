@@ -26,8 +26,10 @@ from .render import draw_feedback, resize_mask, resize_rgb
 MODES = ("two-stage", "stage1", "single")
 
 # progress(fraction 0..1, message); cancel() -> True to stop at the next step boundary
+# (inside the VLM: the next layer or token, for backends that can stop midway)
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
+PROGRESS_EVERY_S = 0.25     # answer-growth progress messages, at most this often
 
 
 @dataclass
@@ -138,16 +140,35 @@ class SocioReasoner:
         return segment_prompts(self.segmenter, object_prompts, use_points)
 
     # ------------------------------------------------------------------ stages
-    def _generate(self, requests: list[tuple[list[np.ndarray], str]]) -> list:
+    def _generate(self, requests: list[tuple[list[np.ndarray], str]], on_step=None) -> list:
         if len(requests) > 1 and hasattr(self.vlm, "batch_generate"):
-            return self.vlm.batch_generate(requests, self.generation)
-        return [self.vlm.generate(images, text, self.generation) for images, text in requests]
+            return self.vlm.batch_generate(requests, self.generation, on_step=on_step)
+        return [self.vlm.generate(images, text, self.generation, on_step=on_step)
+                for images, text in requests]
 
-    def _stage(self, name, items: list[_Item], requests, use_points, cancel) -> None:
+    def _watch(self, progress: ProgressFn, cancel: CancelFn | None, message: str,
+               span: tuple[float, float]):
+        """``on_step`` for the VLM: a progress message as the answer grows (it can take
+        minutes on a CPU), the fraction moving through ``span`` by tokens out of
+        ``max_new_tokens``; and the user's cancel, honoured within a layer or token."""
+        lo, hi = span
+        limit = max(1, self.generation.max_new_tokens)
+        last = [time.monotonic()]
+
+        def on_step(new_tokens: int) -> bool:
+            now = time.monotonic()
+            if new_tokens and now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                progress(lo + (hi - lo) * min(1.0, new_tokens / limit),
+                         f"{message} ({new_tokens} tokens)")
+            return cancel is not None and bool(cancel())
+        return on_step
+
+    def _stage(self, name, items: list[_Item], requests, use_points, cancel, on_step=None) -> None:
         """One VLM call per item (batched when possible), then SAM per item."""
         _check(cancel)
         t0 = time.perf_counter()
-        replies = self._generate(requests)
+        replies = self._generate(requests, on_step)
         vlm_s = (time.perf_counter() - t0) / max(1, len(items))
         for item, (_, text), reply in zip(items, requests, replies, strict=True):
             _check(cancel)
@@ -212,20 +233,26 @@ class SocioReasoner:
             encoded = sum(self.set_image(item.sat_f, item.sat_key) for item in items)
             seconds["sam_encode"] = (time.perf_counter() - t0) / max(1, encoded)
             if mode == "single":
-                progress(0.1, "localizing with boxes and points")
+                message = "localizing with boxes and points"
+                progress(0.1, message)
                 self._stage("single", items, [([i.map_f, i.sat_f], prompts.single_stage_prompt(i.query))
-                                              for i in items], True, cancel)
+                                              for i in items], True, cancel,
+                            self._watch(progress, cancel, message, (0.1, 0.9)))
             else:
-                progress(0.1, "stage 1: localizing")
+                message = "stage 1: localizing"
+                progress(0.1, message)
                 self._stage("stage1", items, [([i.map_f, i.sat_f], prompts.stage1_prompt(i.query))
-                                              for i in items], False, cancel)
+                                              for i in items], False, cancel,
+                            self._watch(progress, cancel, message, (0.1, 0.5)))
                 todo = [i for i in items if i.stages[0].prompts] if mode == "two-stage" else []
                 if todo:
-                    progress(0.55, "stage 2: refining with points")
+                    message = "stage 2: refining with points"
+                    progress(0.55, message)
                     t0 = time.perf_counter()
                     requests = [self._stage2_request(i) for i in todo]
                     seconds["render"] = (time.perf_counter() - t0) / len(todo)
-                    self._stage("stage2", todo, requests, True, cancel)
+                    self._stage("stage2", todo, requests, True, cancel,
+                                self._watch(progress, cancel, message, (0.55, 0.95)))
             results = []
             for item, (_, sat_image, _) in zip(items, views, strict=True):
                 h, w = sat_image.shape[:2]

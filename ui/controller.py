@@ -21,7 +21,7 @@ from qgis.PyQt.QtWidgets import QFileDialog, QMessageBox
 from ..socio_reasoner.errors import UnknownViewError
 from .capture import CaptureError, capture_tile
 from .export import ExportError, export_layer
-from .find import merge_replies, next_tiles, run_tiles, start_capture, tile_view, tiles_label
+from .find import batch_progress, merge_replies, run_tiles, start_capture, tile_batches, tile_view
 from .layers import add_run_layers, prompts_from_layers, update_result_layer
 from .session import EngineSession
 from .settings import EngineSettings
@@ -115,8 +115,8 @@ class Controller:
             return self._fail(str(exc))
         n = capture.count
         if n > ASK_ABOVE_TILES and not self.confirm(
-                tr("Large view"), tr(f"The view will be cut into {n} tiles; "
-                                     "each takes one model run. Continue?")):
+                tr("Large view"), tr(f"The view will be cut into {n} tiles, each "
+                                     "answered by the model in turn. Continue?")):
             return self._status(tr("Cancelled: zoom in for a faster run."))
         mode, sat_file = self.settings.mode, capture.sat_file
         extents = []
@@ -125,23 +125,14 @@ class Controller:
             report(0.0, tr("Starting the engine…"))
             self.session.ensure_loaded(lambda f, m: report(0.05 * f, m), is_cancelled)
             replies = []
-            batch_size = self.session.tile_batch()
-            done = 0
-            while not is_cancelled():
-                # Rendering needs the main thread; at most one batch of tiles is held at a
-                # time, so memory stays flat however large the view, and QGIS stays
-                # responsive between tiles.
-                batch = self._on_main(lambda: next_tiles(capture, batch_size))
-                if not batch:
-                    break
-                size = len(batch)
-
-                def progress(f, m, k=done, b=size):
-                    report(0.05 + 0.95 * (k + f * b) / n, f"{tiles_label(k, b, n)}: {m}")
+            # rendered on the main thread, one batch at a time: flat memory however large
+            # the view, and QGIS stays responsive between batches
+            for done, batch in tile_batches(capture, self.session.tile_batch(), self._on_main,
+                                            is_cancelled):
+                progress = batch_progress(report, done, len(batch), n, (0.05, 1.0))
                 replies += run_tiles(self.session, batch, sat_file, query, mode, progress,
                                      is_cancelled, extra=self.debug_params)
                 extents.extend(t.extent for t in batch)
-                done += len(batch)
             if not replies and not is_cancelled():
                 raise CaptureError(tr("No part of the view is covered by the satellite layer."))
             return replies

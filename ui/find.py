@@ -21,7 +21,7 @@ from .layers import geometry_from_geojson
 
 @dataclass
 class ViewCapture:
-    """A checked capture plan whose tiles are rendered when `next_tiles` asks."""
+    """A checked capture plan whose tiles are rendered when `tile_batches` asks."""
 
     plan: object            # CapturePlan
     tiles: object           # iterator of CaptureTile (renders on the main thread)
@@ -46,9 +46,32 @@ def start_capture(extent, crs, sat, map_, settings, transform_context, project) 
     return ViewCapture(plan, tiles, sat_file)
 
 
-def next_tiles(capture: ViewCapture, n: int) -> list:
-    """Render up to ``n`` more tiles (fewer at the end; none when done). Main thread."""
-    return list(islice(capture.tiles, max(1, n)))
+def tile_batches(capture: ViewCapture, size: int, on_main=None, is_cancelled=None):
+    """Yield (tiles done before, batch) until the view is done or ``is_cancelled()``,
+    rendering each batch of up to ``size`` tiles on the main thread: through
+    ``on_main(fn)`` from another thread, or right here when called on the main thread.
+    One batch is held at a time."""
+    done = 0
+    while is_cancelled is None or not is_cancelled():
+        def render():
+            return list(islice(capture.tiles, max(1, size)))
+
+        batch = on_main(render) if on_main is not None else render()
+        if not batch:
+            return
+        yield done, batch
+        done += len(batch)
+
+
+def batch_progress(report, done: int, size: int, count: int, span=(0.0, 1.0)):
+    """``report(value, message)`` for the view, as a batch's ``(fraction, message)``
+    progress: the value runs over ``span`` as the view's tiles are done."""
+    lo, hi = span
+
+    def progress(fraction, message):
+        report(lo + (hi - lo) * (done + fraction * size) / count,
+               f"{tiles_label(done, size, count)}: {message}" if count > 1 else message)
+    return progress
 
 
 def run_tiles(session, tiles: list, sat_file, query: str, mode: str, on_progress=None,

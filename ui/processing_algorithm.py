@@ -80,7 +80,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..socio_reasoner.errors import CancelledError, SocioReasonerError
 from .capture import CaptureError
-from .find import merge_replies, next_tiles, run_tiles, start_capture, tiles_label
+from .find import batch_progress, merge_replies, run_tiles, start_capture, tile_batches
 from .layers import RESULT_FIELDS, _fields, geometry_from_geojson
 from .session import EngineSession, shared_worker
 from .settings import EngineSettings
@@ -381,7 +381,7 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
 
     def _capture(self, extent, crs, sat, map_, settings, context, feedback):
         """Plan the tiles and check the layers; tiles are rendered (on this, the main
-        thread) one at a time as the engine asks for them, so memory stays flat.
+        thread) one batch at a time as the engine asks for them, so memory stays flat.
 
         Returns a `ViewCapture`.
         """
@@ -425,28 +425,24 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
 
             _wait_for(lambda report, is_cancelled: session.ensure_loaded(report, is_cancelled),
                       feedback, cancelled, on_load)
-            n, replies = captured.count, []
-            while True:
-                if feedback.isCanceled():
-                    raise CancelledError("Cancelled.")
-                # rendered here, on the main thread, one batch at a time (flat memory)
-                batch = next_tiles(captured, session.tile_batch())
-                if not batch:
-                    break
+            def on_tiles(value, message):
+                feedback.setProgress(value)
+                show(message)
+
+            replies = []
+            # rendered here, on the main thread, one batch at a time (flat memory)
+            for done, batch in tile_batches(captured, session.tile_batch(),
+                                            is_cancelled=feedback.isCanceled):
                 for warning in (w for tile in batch for w in tile.warnings):
                     feedback.reportError(warning, False)
-
-                done, size = len(replies), len(batch)
-
-                def on_tiles(f, m, k=done, b=size):
-                    feedback.setProgress(_scaled(_TILES, (k + f * b) / n))
-                    show(f"{tiles_label(k, b, n)}: {m}" if n > 1 else m)
-
+                progress = batch_progress(on_tiles, done, len(batch), captured.count, _TILES)
                 replies += _wait_for(
                     lambda report, is_cancelled, batch=batch: run_tiles(
                         session, batch, captured.sat_file, query, mode, report, is_cancelled),
-                    feedback, cancelled, on_tiles)
-                on_tiles(1.0, tr("done"))
+                    feedback, cancelled, progress)
+                progress(1.0, tr("done"))
+            if feedback.isCanceled():
+                raise CancelledError("Cancelled.")
             if not replies:
                 raise QgsProcessingException(
                     tr("No part of the extent is covered by the satellite layer."))

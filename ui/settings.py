@@ -11,6 +11,9 @@ from qgis.core import QgsSettings
 from ..socio_reasoner.worker.client import default_engine_python
 
 PREFIX = "socioreasoner/"
+# 2: tile_batch 0 means auto. Settings saved before it hold the old default 1, which
+# nobody chose (the dialog saves every field): read as auto.
+VERSION = 2
 
 
 @dataclass
@@ -64,12 +67,15 @@ class EngineSettings:
             else:
                 value = str(raw)
             setattr(out, f.name, value)
+        if int(s.value(PREFIX + "version", 1)) < 2 and out.tile_batch == 1:
+            out.tile_batch = 0
         return out
 
     def save(self) -> None:
         s = QgsSettings()
         for f in _stored_fields():
             s.setValue(PREFIX + f.name, getattr(self, f.name))
+        s.setValue(PREFIX + "version", VERSION)
 
 
 def _stored_fields():

@@ -53,8 +53,12 @@ class VLMBackend(Protocol):
         coordinates are absolute pixels of this frame."""
 
     def generate(self, images: list[np.ndarray], text: str,
-                 config: GenerationConfig | None = None) -> VLMReply:
-        """``images``: H×W×3 uint8 arrays already at ``model_frame`` size."""
+                 config: GenerationConfig | None = None, on_step=None) -> VLMReply:
+        """``images``: H×W×3 uint8 arrays already at ``model_frame`` size.
+
+        ``on_step(new_tokens) -> bool``, if given, is called while the answer is made (as
+        often as the backend can); returning True cancels it with CancelledError. A
+        backend that cannot stop midway calls it once, after answering."""
 
 
 @runtime_checkable

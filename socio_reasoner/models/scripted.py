@@ -12,6 +12,7 @@ from collections import deque
 
 import numpy as np
 
+from ..errors import CancelledError
 from ..frames import ModelFrame
 from .base import GenerationConfig, VLMReply
 
@@ -19,7 +20,8 @@ from .base import GenerationConfig, VLMReply
 class ScriptedVLM:
     """Returns ``answers`` in order (cycling), recording every call's images and text.
 
-    ``delay_s`` makes each answer take that long, to exercise progress and cancel.
+    ``delay_s`` makes each answer take that long, to exercise progress and cancel: it
+    passes as 20 steps, each an ``on_step`` call, as if 20 tokens were made.
     """
 
     name = "scripted"
@@ -36,13 +38,18 @@ class ScriptedVLM:
     def model_frame(self, width: int, height: int) -> tuple[int, int]:
         return ModelFrame.for_tile(width, height).frame_wh
 
-    def generate(self, images, text, config: GenerationConfig | None = None) -> VLMReply:
+    def generate(self, images, text, config: GenerationConfig | None = None,
+                 on_step=None) -> VLMReply:
         t0 = time.perf_counter()
         self.calls.append(([np.array(i, copy=True) for i in images], text))
         answer = self.answers[self._n % len(self.answers)]
         self._n += 1
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        steps = 20 if self.delay_s else 0
+        for k in range(steps + 1):
+            if k:
+                time.sleep(self.delay_s / steps)
+            if on_step is not None and on_step(k):
+                raise CancelledError("Cancelled by the user.")
         return VLMReply(answer, seconds={"generate": time.perf_counter() - t0})
 
 

@@ -192,12 +192,15 @@ def build_sam2_model(config: str | os.PathLike):
 def encoder_dtype(dtype, device: str):
     """The image encoder's compute precision. ``"auto"`` follows the VLM's rule (bf16 on
     CUDA and on CPUs with native bf16, where SAM2-L encoded a 756² view 1.8× faster: 7.1 s
-    instead of 13.2 s); other devices (mps) stay float32, where autocast is not tested."""
+    instead of 13.2 s); other devices (mps), and fp16 on a CPU, stay float32: autocast is
+    not tested there."""
     import torch
 
     if not str(device).startswith(("cuda", "cpu")):
         return torch.float32
-    return pick_dtype(dtype, device)
+    picked = pick_dtype(dtype, device)
+    # fp16 autocast on a CPU is slow and untested; bf16 / fp16 / fp32 on CUDA
+    return torch.float32 if picked == torch.float16 and str(device).startswith("cpu") else picked
 
 
 def _as_float32(value):
@@ -208,8 +211,10 @@ def _as_float32(value):
         return value.float() if value.is_floating_point() and value.dtype != torch.float32 else value
     if isinstance(value, dict):
         return {k: _as_float32(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_as_float32(v) for v in value)
+    if isinstance(value, list):
+        return [_as_float32(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_as_float32(v) for v in value)
     return value
 
 

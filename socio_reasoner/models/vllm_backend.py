@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import CancelledError, ModelLoadError
 from ..frames import QWEN_MAX_PIXELS as MAX_PIXELS
 from ..frames import QWEN_MIN_PIXELS as MIN_PIXELS
 from .base import GenerationConfig, VLMReply
@@ -75,6 +75,8 @@ class VLLMVLM:
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
         # the names TransformersVLM takes; vLLM runs on CUDA, where auto is bf16
         dtype = str(pick_dtype(dtype, "cuda")).removeprefix("torch.")
+        if dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"Unknown dtype {dtype!r} for vLLM; use auto, bf16, fp16 or fp32.")
         try:
             from transformers import AutoProcessor
             from transformers import GenerationConfig as HFGenerationConfig
@@ -98,8 +100,9 @@ class VLLMVLM:
         return vllm_prompt(self.processor, images, text, self.model_frame)
 
     def batch_generate(self, requests: list[tuple[list[np.ndarray], str]],
-                       config: GenerationConfig | None = None) -> list[VLMReply]:
-        """All requests in one call; vLLM schedules them in continuous batches."""
+                       config: GenerationConfig | None = None, on_step=None) -> list[VLMReply]:
+        """All requests in one call; vLLM schedules them in continuous batches. It cannot
+        be stopped midway: ``on_step`` is asked once, after the answers."""
         from vllm import SamplingParams
 
         config = config or GenerationConfig()
@@ -110,11 +113,13 @@ class VLLMVLM:
         t1 = time.perf_counter()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         t2 = time.perf_counter()
+        if on_step is not None and on_step(max(len(o.outputs[0].token_ids) for o in outputs)):
+            raise CancelledError("Cancelled by the user.")
         seconds = {"preprocess": t1 - t0, "generate": t2 - t1}
         return [VLMReply(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or ()),
                          new_tokens=len(o.outputs[0].token_ids), seconds=seconds,
                          token_ids=list(o.outputs[0].token_ids)) for o in outputs]
 
     def generate(self, images: list[np.ndarray], text: str,
-                 config: GenerationConfig | None = None) -> VLMReply:
-        return self.batch_generate([(list(images), text)], config)[0]
+                 config: GenerationConfig | None = None, on_step=None) -> VLMReply:
+        return self.batch_generate([(list(images), text)], config, on_step)[0]

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import CancelledError, ModelLoadError
 from ..frames import QWEN_FACTOR as FACTOR
 from ..frames import QWEN_MAX_PIXELS as MAX_PIXELS
 from ..frames import QWEN_MIN_PIXELS as MIN_PIXELS
@@ -116,7 +116,7 @@ class TransformersVLM:
     revision : str, optional
         Hub revision.
     compile_decode : bool
-        Off by default: decode with a static KV cache and a ``torch.compile``'d forward,
+        CUDA or CPU, off by default: decode with a static KV cache and a ``torch.compile``'d forward,
         which removes the per-token Python/launch overhead (on CUDA with CUDA graphs,
         transformers' ``reduce-overhead`` mode; elsewhere inductor's default mode). The
         prefill stays eager. The cache is sized in steps of `STATIC_CACHE_STEP` tokens so
@@ -134,6 +134,8 @@ class TransformersVLM:
         self.name = f"transformers:{model}"
         self.min_pixels, self.max_pixels = int(min_pixels), int(max_pixels)
         self.device = pick_device(device)
+        if compile_decode and not self.device.startswith(("cuda", "cpu")):
+            raise ValueError(f"compile_decode runs on CUDA and CPU only, not on {self.device}.")
         try:
             import torch
             from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -218,7 +220,8 @@ class TransformersVLM:
         return ends[0] + 1 if ends else len(row)
 
     def batch_generate(self, requests: list[tuple[list[np.ndarray], str]],
-                       config: GenerationConfig | None = None, return_inputs: bool = False):
+                       config: GenerationConfig | None = None, return_inputs: bool = False,
+                       on_step=None):
         """Answer several independent turns in one left-padded batch.
 
         Parameters
@@ -227,10 +230,13 @@ class TransformersVLM:
             Each ``images`` is a list of H×W×3 uint8 arrays at `model_frame` size.
         config : GenerationConfig, optional
             Greedy by default; sampling is seeded with ``config.seed``.
-
         return_inputs : bool
             Also return the processor's batch (training scores the sampled tokens
             against exactly these tensors).
+        on_step : callable, optional
+            ``on_step(new_tokens) -> bool``, called before each layer of the prompt's
+            forward pass (with 0) and after each new token; True cancels: the call raises
+            CancelledError within one layer or token (a CPU prefill takes a minute).
 
         Returns
         -------
@@ -244,14 +250,23 @@ class TransformersVLM:
         inputs = self.prepare(requests)
         t1 = time.perf_counter()
         no_grad = torch.inference_mode() if self.inference_mode else torch.no_grad()
+        prompt_len = inputs["input_ids"].shape[1]
+        watch = _Watch(self.model, on_step, prompt_len) if on_step is not None else None
         with torch.random.fork_rng(devices=self._rng_devices()), no_grad, self._attention_kernels():
             torch.manual_seed(config.seed)
-            out = self.model.generate(**inputs, synced_gpus=self.synced_gpus, **self._gen_kwargs(
-                config, prompt_len=inputs["input_ids"].shape[1]))
+            try:
+                out = self.model.generate(
+                    **inputs, synced_gpus=self.synced_gpus,
+                    stopping_criteria=[watch] if watch is not None else None,
+                    **self._gen_kwargs(config, prompt_len=prompt_len))
+            finally:
+                if watch is not None:
+                    watch.remove_hooks()
+        if watch is not None and watch.cancelled:
+            raise CancelledError("Cancelled by the user.")
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        prompt_len = inputs["input_ids"].shape[1]
         replies = []
         for i in range(out.shape[0]):
             new = out[i, prompt_len:]
@@ -265,10 +280,11 @@ class TransformersVLM:
         return (replies, inputs) if return_inputs else replies
 
     def generate(self, images: list[np.ndarray], text: str,
-                 config: GenerationConfig | None = None) -> VLMReply:
+                 config: GenerationConfig | None = None, on_step=None) -> VLMReply:
         """One user turn: ``images`` (H×W×3 uint8, already at `model_frame` size) in order,
-        then ``text``. Returns the decoded new text without special tokens."""
-        return self.batch_generate([(list(images), text)], config)[0]
+        then ``text``. Returns the decoded new text without special tokens. ``on_step``:
+        see `batch_generate`."""
+        return self.batch_generate([(list(images), text)], config, on_step=on_step)[0]
 
     def _attention_kernels(self):
         """On CUDA, SDPA without its cuDNN kernel: cuDNN builds a plan per new sequence
@@ -287,3 +303,37 @@ class TransformersVLM:
             idx = self._torch.device(self.device).index
             return [idx if idx is not None else self._torch.cuda.current_device()]
         return []
+
+
+class _Watch:
+    """Progress and cancel inside one ``generate``: a stopping criterion counts the new
+    tokens after each step, and until the first step, pre-hooks on every layer of the
+    model's layer lists (vision blocks, decoder layers) let a long prompt pass stop
+    between layers. The hooks go once decoding starts, so a compiled decode step never
+    sees them."""
+
+    def __init__(self, model, on_step, prompt_len: int):
+        import torch
+
+        self.on_step, self.prompt_len, self.cancelled = on_step, prompt_len, False
+        self._hooks = [layer.register_forward_pre_hook(self._before_layer)
+                       for module in model.modules() if isinstance(module, torch.nn.ModuleList)
+                       for layer in module]
+
+    def _before_layer(self, module, args):
+        if self.on_step(0):
+            self.cancelled = True
+            raise CancelledError("Cancelled by the user.")
+
+    def remove_hooks(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.remove_hooks()
+        stop = bool(self.on_step(input_ids.shape[1] - self.prompt_len))
+        self.cancelled = self.cancelled or stop
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)

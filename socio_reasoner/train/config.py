@@ -19,6 +19,7 @@ class TrainConfig:
     segmenter: str = "sam2"                    # frozen in the loop
     segmenter_checkpoint: str = "facebook/sam2-hiera-large"
     segmenter_variant: str | None = None
+    segmenter_dtype: str = "fp32"              # SAM's image encoder: the reward masks; bf16 is faster
     device: str = "auto"
     mixed_precision: str = "auto"              # auto: bf16 on CUDA unless `accelerate launch` set it
     dtype: str = "auto"                        # weights trained: auto = fp32 (see weights_dtype)

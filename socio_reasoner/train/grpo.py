@@ -151,7 +151,8 @@ class GRPOTrainer:
         self._prepare_sharded()
         self.segmenter = build_segmenter({
             "segmenter": config.segmenter, "segmenter_checkpoint": config.segmenter_checkpoint,
-            "segmenter_variant": config.segmenter_variant, "device": str(self.acc.device)})
+            "segmenter_variant": config.segmenter_variant, "device": str(self.acc.device),
+            "dtype": config.segmenter_dtype})
         self.step = 0
         # checkpoints hold the weights once, in save_pretrained's format (below); accelerate's
         # state folder adds the optimiser and RNG states (and FSDP/DeepSpeed's own shards)

@@ -93,7 +93,7 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
                for j in range(per_rank)]
         examples = [e for i in idx for e in sft_examples(policy, dataset.get(i), rng,
                                                          config.sft_points_per_box)]
-        n_tokens = sum(len(e.completion_ids) for e in examples)
+        n_tokens = max(1, sum(len(e.completion_ids) for e in examples))
         total = backward_micro_batches(
             acc, model, micro_batches(examples, config.micro_batch_size),
             lambda batch, n=n_tokens: -sum(lp.sum() for lp in batch_logprobs(model, batch, acc.device)) / n)
@@ -107,8 +107,6 @@ def train_sft(config: TrainConfig, dataset, steps: int | None = None,
     if acc.is_main_process:
         (out / "config.json.train").write_text(json.dumps(config.to_dict(), indent=2))
     acc.wait_for_everyone()
-    if accelerator is None:
-        acc.end_training()      # its own: leave the process group, so processes exit cleanly
     return history
 
 

@@ -75,6 +75,25 @@ def test_batch_matches_single(tiny_vlm):
     assert [r.prompt_tokens for r in batch] == [r.prompt_tokens for r in singles]
 
 
+def test_watching_an_answer_changes_nothing_in_it(tiny_vlm):
+    """on_step sees every token of a batch's answers and leaves them as they were; after
+    a cancel the model answers again as before."""
+    from socio_reasoner.errors import CancelledError
+
+    cfg = GenerationConfig(max_new_tokens=10, min_new_tokens=10)
+    small = [np.full((504, 672, 3), 90, np.uint8)]
+    requests = [(_pair(0), PROMPT), (small, "hi")]
+    plain = tiny_vlm.batch_generate(requests, cfg)
+    steps = []
+    watched = tiny_vlm.batch_generate(requests, cfg, on_step=lambda n: steps.append(n) or False)
+    assert [r.token_ids.tolist() for r in watched] == [r.token_ids.tolist() for r in plain]
+    assert [n for n in steps if n] == list(range(1, 11)) and steps[0] == 0   # prefill first
+    with pytest.raises(CancelledError):
+        tiny_vlm.batch_generate(requests, cfg, on_step=lambda n: n >= 3)
+    again = tiny_vlm.batch_generate(requests, cfg)
+    assert [r.token_ids.tolist() for r in again] == [r.token_ids.tolist() for r in plain]
+
+
 def test_images_must_already_be_in_model_frame(tiny_vlm):
     with pytest.raises(ValueError, match="model frame"):
         tiny_vlm.generate(_pair(0, size=768), PROMPT)

@@ -127,11 +127,39 @@ def test_cancel_stops_between_steps(tile):
 
     def cancel():
         calls.append(1)
-        return len(calls) > 1        # let stage 1's VLM call start, stop before SAM
+        return len(calls) > 1        # let stage 1's VLM call start; it stops inside the answer
     vlm = ScriptedVLM([S1, S2])
     with pytest.raises(CancelledError):
         SocioReasoner(vlm, BoxSegmenter()).run(*tile, "school", cancel=cancel)
     assert len(vlm.calls) == 1
+
+
+def test_a_growing_answer_reports_its_tokens_and_stops_midway(tile, tiny_vlm, monkeypatch):
+    """A real VLM reports its answer's length as it grows (a CPU answer takes minutes)
+    and honours cancel at the next token, not after the answer."""
+    from socio_reasoner import pipeline
+    from socio_reasoner.models.base import GenerationConfig
+
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY_S", 0.0)
+    reasoner = SocioReasoner(tiny_vlm, BoxSegmenter(),
+                             GenerationConfig(max_new_tokens=12, min_new_tokens=12))
+    seen = []
+    reasoner.run(*tile, "school", mode="stage1", progress=lambda f, m: seen.append((f, m)))
+    grown = [(f, m) for f, m in seen if m.startswith("stage 1: localizing (")]
+    assert [m for _, m in grown] == [f"stage 1: localizing ({n} tokens)" for n in range(1, 13)]
+    fractions = [f for f, _ in grown]
+    assert fractions == sorted(fractions) and 0.1 < fractions[0] and fractions[-1] == pytest.approx(0.5)
+
+    seen.clear()
+    with pytest.raises(CancelledError):
+        reasoner.run(*tile, "school", mode="stage1", progress=lambda f, m: seen.append((f, m)),
+                     cancel=lambda: any("(5 tokens)" in m for _, m in seen))
+    assert seen[-1][1] == "stage 1: localizing (5 tokens)"     # nothing after the cancel
+    cancelled_in_prefill = []
+    with pytest.raises(CancelledError):
+        reasoner.run(*tile, "school", mode="stage1",
+                     cancel=lambda: cancelled_in_prefill.append(1) or len(cancelled_in_prefill) > 2)
+    assert len(cancelled_in_prefill) == 3       # before the third layer of the prompt's pass
 
 
 def test_feedback_rendering_is_pixel_exact():

@@ -209,6 +209,13 @@ def test_sft_step(tmp_path, data_dir, tiny_vlm_dir, tiny_sam2):
     assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
     assert history[1]["loss"] < history[0]["loss"]       # the same targets get likelier
     assert (Path(config.out_dir) / "final" / "model.safetensors").exists()
+    # the same through the command line, which owns (and ends) its accelerator
+    from socio_reasoner.cli import main as cli_main
+
+    cli_out = tmp_path / "cli"
+    assert cli_main(["sft", "--config", str(_write(REPO, config.to_dict())), "--steps", "1",
+                     "--out-dir", str(cli_out)]) == 0
+    assert (cli_out / "final" / "model.safetensors").exists()
 
 
 def _free_port() -> int:

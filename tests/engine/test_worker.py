@@ -111,13 +111,15 @@ def test_subprocess_round_trip_progress_and_cancel(tmp_path, view_params):
                              on_progress=lambda f, m: seen.append((f, m)), timeout_s=60)
         assert len(out["result"]["features"]) == 1 and seen[0][0] == 0.0
         assert [m for _, m in seen if m.startswith("stage 2")]
+        assert [m for _, m in seen if m.startswith("stage 1: localizing (")]   # answer growing
 
+        client.request("load", {**SCRIPTED, "vlm_delay_s": 20.0})    # a CPU-long answer
         flag = threading.Event()
-        threading.Timer(0.2, flag.set).start()
+        threading.Timer(0.5, flag.set).start()
         t0 = time.monotonic()
         with pytest.raises(CancelledError):
             client.request("run", {**view_params, "query": "school"}, is_cancelled=flag.is_set)
-        assert time.monotonic() - t0 < 3.0          # promptly, at the next step boundary
+        assert time.monotonic() - t0 < 3.0          # promptly, inside the answer
         assert client.request("hello")["pid"] == hello["pid"]   # same worker, still alive
 
 

@@ -57,3 +57,18 @@ def test_auto_tile_batch_follows_the_loaded_device(plugin_package, qgis_app):
     for device, expected in ((None, 1), ("cpu", 1), ("cuda:0", GPU_TILE_BATCH)):
         worker.loaded_device = device
         assert (auto.tile_batch(), fixed.tile_batch()) == (expected, 3), device
+
+
+def test_tile_batch_saved_before_auto_existed_reads_as_auto(plugin_package, qgis_app):
+    """Settings saved by an earlier version hold tile_batch 1, its default then: auto now;
+    a 1 saved since is the user's choice and stays."""
+    from socioreasoner.ui.settings import PREFIX, EngineSettings
+
+    QgsSettings().remove(PREFIX.rstrip("/"))
+    QgsSettings().setValue(PREFIX + "tile_batch", 1)          # as the old save() left it
+    QgsSettings().setValue(PREFIX + "vlm", "/models/old")
+    old = EngineSettings.load()
+    assert (old.tile_batch, old.vlm) == (0, "/models/old")
+    EngineSettings(tile_batch=1).save()
+    assert EngineSettings.load().tile_batch == 1
+    QgsSettings().remove(PREFIX.rstrip("/"))
