@@ -56,6 +56,7 @@ import dataclasses
 import json
 import os
 import queue
+import re
 import threading
 
 from qgis.core import (
@@ -90,6 +91,7 @@ ICON_PATH = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "resources", "icon.svg")
 MODES = ("two-stage", "stage1", "single")   # the engine's run modes (pipeline.MODES)
 POLL_S = 0.05                                # how often the main thread looks up while waiting
+_GROWTH = re.compile(r" \(\d+ tokens\)$")        # "stage 1: localizing (37 tokens)"
 
 # ENGINE_SPEC keys that replace an EngineSettings field; everything else goes to ``load``.
 _OVERRIDABLE = ("vlm", "vlm_backend", "segmenter", "segmenter_checkpoint", "segmenter_variant",
@@ -404,13 +406,17 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
                 "Another 'Find socio-semantic entities' run is waiting on the engine; "
                 "let it finish or cancel it first."))
         session = None
-        last = {"message": ""}
+        last = {"message": "", "logged": ""}
 
         def show(message):
             if message and message != last["message"]:
                 last["message"] = message
                 feedback.setProgressText(message)
-                feedback.pushInfo(message)
+                # the log gets each step once, not each growth of an answer (4 a second)
+                step = _GROWTH.sub("", message)
+                if step != last["logged"]:
+                    last["logged"] = step
+                    feedback.pushInfo(message)
 
         try:
             session = engine_session(settings)

@@ -430,6 +430,21 @@ class CancelAt(QgsProcessingFeedback):
 
 
 @needs_engine
+def test_a_growing_answer_shows_in_the_progress_text_and_once_in_the_log(scene):
+    processing, layers, _ = scene
+    feedback = CancelAt("never")
+    processing.run(ALG_ID, {
+        "EXTENT": "2777000,2777600,8438000,8438400 [EPSG:3857]", "SATELLITE": layers["sat"],
+        "MAP": layers["map"], "QUERY": "school", "MODE": "stage1",
+        "ENGINE_SPEC": spec([S1], vlm_delay_s=1.5), "OUTPUT": "TEMPORARY_OUTPUT"},
+        feedback=feedback)
+    growing = [t for t in feedback.texts if t.startswith("stage 1: localizing (")]
+    assert len(growing) >= 3                                  # ~4 a second
+    logged = [line for line in feedback.textLog().splitlines() if "stage 1: localizing" in line]
+    assert len(logged) == 1
+
+
+@needs_engine
 def test_cancel_stops_the_run_and_the_next_run_works(scene):
     processing, layers, _ = scene
     params = {"EXTENT": "2777000,2777600,8438000,8438400 [EPSG:3857]",
