@@ -134,12 +134,6 @@ def tr(text):
 _busy = threading.Lock()       # held while a run talks to the engine
 
 
-def engine_session(settings: EngineSettings) -> EngineSession:
-    """These settings over the plugin's one engine worker (shared with the dock, so
-    models load once; it restarts when the engine Python or the offline flag changed)."""
-    return EngineSession(settings)
-
-
 def shutdown_engine() -> None:
     """Stop the engine worker (the provider calls this on unload)."""
     shared_worker().shutdown()
@@ -419,7 +413,7 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
                     feedback.pushInfo(message)
 
         try:
-            session = engine_session(settings)
+            session = EngineSession(settings)    # over the one worker the dock uses too
             cancelled = threading.Event()
             feedback.pushInfo(tr(f"Engine: {settings.python_path()} · models: {settings.vlm} + "
                                  f"{settings.segmenter} on {settings.device} · mode: {mode}"))
@@ -498,5 +492,5 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
         return out
 
 
-__all__ = ["ALGORITHM_ID", "FindEntitiesAlgorithm", "MODES", "engine_session",
-           "engine_settings", "shutdown_engine"]
+__all__ = ["ALGORITHM_ID", "FindEntitiesAlgorithm", "MODES", "engine_settings",
+           "shutdown_engine"]

@@ -71,33 +71,34 @@ class EngineSession:
     def client(self) -> WorkerClient:
         """The worker, restarted when the engine Python or the offline flag changed (both
         are fixed at process start); a model change only reloads models."""
-        w = self._worker
         with self._locked():
-            wanted = (self.settings.python_path(), self.settings.offline)
-            client = w.client
-            if client is None or w.started_with != wanted:
-                w.shutdown()
-                env = {"HF_HUB_OFFLINE": "1"} if self.settings.offline else {}
-                client = WorkerClient(wanted[0], env=env)
-                w.client, w.started_with = client, wanted
-            return client
+            return self._started_client()
+
+    def _started_client(self) -> WorkerClient:
+        w = self._worker        # the caller holds the lock, as in the next method
+        wanted = (self.settings.python_path(), self.settings.offline)
+        if w.client is None or w.started_with != wanted:
+            w.shutdown()
+            env = {"HF_HUB_OFFLINE": "1"} if self.settings.offline else {}
+            w.client, w.started_with = WorkerClient(wanted[0], env=env), wanted
+        return w.client
 
     def _loaded_client(self, on_progress=None, is_cancelled=None) -> WorkerClient:
         w = self._worker
-        with self._locked(is_cancelled):
-            spec = self.settings.model_spec()
-            client = self.client()
-            if spec == w.loaded_spec and client.is_running():
-                return client
-            w.loaded_spec = w.loaded_device = None
-            reply = client.request("load", spec, on_progress=on_progress, is_cancelled=is_cancelled,
-                                   timeout_s=max(self.settings.timeout_s, 1800))
-            w.loaded_spec, w.loaded_device = spec, reply.get("device")
+        spec = self.settings.model_spec()
+        client = self._started_client()
+        if spec == w.loaded_spec and client.is_running():
             return client
+        w.loaded_spec = w.loaded_device = None
+        reply = client.request("load", spec, on_progress=on_progress, is_cancelled=is_cancelled,
+                               timeout_s=max(self.settings.timeout_s, 1800))
+        w.loaded_spec, w.loaded_device = spec, reply.get("device")
+        return client
 
     def ensure_loaded(self, on_progress=None, is_cancelled=None) -> dict:
         """Start the worker and load this caller's models unless they are loaded."""
-        self._loaded_client(on_progress, is_cancelled)
+        with self._locked(is_cancelled):
+            self._loaded_client(on_progress, is_cancelled)
         return self.settings.model_spec()
 
     def tile_batch(self) -> int:

@@ -312,7 +312,7 @@ def test_the_dock_and_processing_share_one_worker(scene):
     """One worker for the plugin: a dock session with the models Processing loaded uses
     them as they are; other models are loaded for the request that needs them, and the
     next request of the first caller gets its own back."""
-    from socioreasoner.ui.processing_algorithm import engine_session, engine_settings
+    from socioreasoner.ui.processing_algorithm import engine_settings
     from socioreasoner.ui.session import EngineSession, shared_worker
 
     processing, layers, _ = scene
@@ -320,7 +320,7 @@ def test_the_dock_and_processing_share_one_worker(scene):
               "SATELLITE": layers["sat"], "MAP": layers["map"], "MODE": "stage1",
               "QUERY": "school", "ENGINE_SPEC": spec([S1]), "OUTPUT": "TEMPORARY_OUTPUT"}
     assert processing.run(ALG_ID, params)["OUTPUT"].featureCount() == 1
-    proc_settings = engine_session(engine_settings(spec([S1]))).settings
+    proc_settings = engine_settings(spec([S1]))
     worker = shared_worker()
     pid = worker.client._proc.pid
     loads = []
