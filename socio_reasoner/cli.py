@@ -27,12 +27,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Segmenter weights: hub id, folder, or checkpoint file "
                         f"(default for sam2: {DEFAULT_MODELS['segmenter_checkpoint']}).")
     p.add_argument("--segmenter-variant", default=None,
-                   help="Architecture of the checkpoint: hiera_l/hiera_b+/… for sam2, "
-                        "vit_h/vit_l/vit_b for sam.")
+                   help="Architecture of a bare checkpoint file: for sam2 a hub id "
+                        "(facebook/sam2-hiera-large) or config (configs/sam2/sam2_hiera_l.yaml), "
+                        "guessed from official file names; vit_h (default)/vit_l/vit_b for sam.")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default).")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
-                   help="VLM weights and SAM's image-encoder compute: auto is bf16 on GPUs "
-                        "and on CPUs with AVX512-BF16 or AMX (1.5-2x faster there, see "
+                   help="VLM weights and SAM's image-encoder compute: auto is bf16 on CUDA "
+                        "(the VLM also on MPS) and on CPUs with AVX512-BF16 or AMX (1.5-2x faster there, see "
                         "bench/README.md), else fp32.")
     p.add_argument("--vlm-backend", default="transformers", choices=["transformers", "vllm"],
                    help="vllm (experimental, where vLLM is installed on a CUDA machine): "

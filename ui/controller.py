@@ -47,8 +47,8 @@ class Run:
 class MainThreadCall(QObject):
     """Run a function on the main thread from a task's thread and wait for its result.
 
-    Rendering a capture must happen on the main thread; the task asks for one tile at a
-    time through this, instead of all tiles being rendered (and held) up front.
+    Rendering a capture must happen on the main thread; the task asks for one batch of
+    tiles at a time through this, instead of all tiles being rendered (and held) up front.
     """
 
     _request = pyqtSignal(object)

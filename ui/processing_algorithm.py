@@ -44,7 +44,7 @@ The engine worker
     iterations do not reload a multi-gigabyte model each time, and the dock does not
     hold a second copy. A run with other models reloads them; another engine Python (or
     offline setting) restarts the worker. Requests are serialised: a Processing run
-    during a dock run takes turns with it, tile by tile. The provider's ``unload()``
+    during a dock run takes turns with it, batch by batch. The provider's ``unload()``
     (plugin unload) calls ``shutdown_engine()``; a worker whose QGIS process ends exits on
     its own (its stdin closes). Runs of this algorithm never overlap: a second one started
     while one waits on the engine is refused.
@@ -261,8 +261,8 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
             "layer, with SocioReasoner's vision-language model and SAM, and writes them as "
             "polygons.</p>"
             "<p><b>Extent</b>: the area to search. It is captured at about 1 m per pixel "
-            "in tiles of the configured size (768 px); larger extents take one model run "
-            "per tile. The output is in the extent's CRS (the CRS given with the extent, "
+            "in tiles of the configured size (768 px); larger extents take one model answer "
+            "per tile (several tiles per batch on a GPU). The output is in the extent's CRS (the CRS given with the extent, "
             "the layer's CRS for an extent taken from a layer, else the project CRS).</p>"
             "<p><b>Satellite layer</b>: imagery (a raster layer), rendered without labels. "
             "<b>Map layer</b>: a cartographic map such as an OpenStreetMap basemap (a raster, "

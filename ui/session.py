@@ -5,7 +5,7 @@ runs the engine (a second 3B model would not fit many GPUs). Each caller holds a
 `EngineSession` with its own settings; requests are serialised, and before each one the
 worker is (re)started or the models (re)loaded if that caller's settings differ from what
 the worker runs. (So a dock run and a Processing run with different models at the same
-time take turns reloading them, tile by tile: slow, never wrong.)
+time take turns reloading them, batch by batch: slow, never wrong.)
 """
 
 import contextlib

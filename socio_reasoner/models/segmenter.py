@@ -191,8 +191,8 @@ def build_sam2_model(config: str | os.PathLike):
 
 def encoder_dtype(dtype, device: str):
     """The image encoder's compute precision. ``"auto"`` follows the VLM's rule (bf16 on
-    CUDA and on CPUs with native bf16, where SAM2-L encoded a 756² view 1.8× faster: 7.1 s
-    instead of 13.2 s); other devices (mps), and fp16 on a CPU, stay float32: autocast is
+    CUDA and on CPUs with native bf16, where SAM2-L encoded a 756² view 1.7× faster: 7.45 s
+    instead of 12.8 s); other devices (mps), and fp16 on a CPU, stay float32: autocast is
     not tested there."""
     import torch
 

@@ -36,7 +36,7 @@ def batch_logprobs(model, trajs: list[Trajectory], device, temperature: float = 
 
     The prompts' own tensors from the rollout are fed back — for stage 2 the rendered
     images — and `check_pixels` refuses anything else; so are the image-token marks that
-    give image tokens their 2-D positions as in generation. Padding sits after each
+    give image tokens their 3-D (M-RoPE) positions as in generation. Padding sits after each
     sequence, so a causal model scores every real token exactly as alone (up to float
     rounding). ``check=False`` skips the guard for tensors already checked this step.
     """

@@ -29,7 +29,7 @@ DEFAULT_MODELS = {
     "vlm": "vvangfaye/SocioReasoner-3B",
     "segmenter": "sam2",
     "segmenter_checkpoint": "facebook/sam2-hiera-large",
-    "segmenter_variant": "hiera_l",
+    "segmenter_variant": None,      # a bare checkpoint file's architecture; see load_segmenter
     "device": "auto",
 }
 

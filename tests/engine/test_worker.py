@@ -162,3 +162,22 @@ def test_a_stopped_worker_stays_stopped(tmp_path):
     with pytest.raises(WorkerError, match="shut down"):
         client.request("hello", timeout_s=30)
     assert not client.is_running()
+
+
+def test_a_bare_sam2_checkpoint_loads_with_its_config_and_asks_for_it_without(tmp_path, tiny_sam2):
+    """The worker's defaults name no segmenter architecture: a bare .pt file gets the
+    config it is given (or one guessed from an official file name), and an unknown one a
+    clear request for it, not a default meant for another file."""
+    import shutil
+
+    from socio_reasoner.errors import ModelLoadError
+
+    bare = tmp_path / "my_finetune.pt"
+    shutil.copy(tiny_sam2 / "model.pt", bare)
+    spec = {"vlm": "scripted", "vlm_answers": [S1], "segmenter": "sam2",
+            "segmenter_checkpoint": str(bare), "device": "cpu"}
+    with pytest.raises(ModelLoadError, match="Cannot tell which SAM2 config 'my_finetune.pt'"):
+        Engine().load(spec, lambda f, m: None)
+    engine = Engine()
+    engine.load({**spec, "segmenter_variant": str(tiny_sam2 / "config.yaml")}, lambda f, m: None)
+    assert engine.reasoner.segmenter.name.startswith("sam2:")
