@@ -334,6 +334,12 @@ class SamBackend(_PromptSegmenter):
         from segment_anything import SamPredictor
 
         path = Path(os.fspath(checkpoint)).expanduser()
+        if not path.is_file() and looks_like_hub_id(str(checkpoint)):
+            # e.g. the SAM2 default left in place after switching the segmenter to sam
+            raise ModelNotFoundError(
+                f"SAM (segment-anything) reads a checkpoint file such as sam_vit_h_4b8939.pth, "
+                f"not a hub id ('{checkpoint}'); give that file, or choose the sam2 segmenter "
+                "for SAM2 hub ids.")
         if not path.is_file():
             raise ModelNotFoundError(f"No SAM checkpoint at '{checkpoint}'. {HOW_TO_GET}")
         model = build_sam_model(variant)

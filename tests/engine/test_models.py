@@ -237,6 +237,8 @@ def test_segmenter_load_errors(tiny_sam_checkpoint, tmp_path):
         SamBackend(tiny_sam_checkpoint, variant="vit_b")          # wrong size for the file
     with pytest.raises(ModelNotFoundError, match="socio-reasoner download"):
         SamBackend(tmp_path / "missing.pth", variant="vit_h")
+    with pytest.raises(ModelNotFoundError, match="not a hub id .*choose the sam2 segmenter"):
+        SamBackend("facebook/sam2-hiera-large")                   # sam2's default, kept
     with pytest.raises(ModelNotFoundError, match="socio-reasoner download"):
         Sam2Backend("facebook/sam2-hiera-large")                  # offline and not cached
     with pytest.raises(ModelNotFoundError, match="Known"):
