@@ -12,6 +12,10 @@ from qgis.PyQt.QtWidgets import (
     QSpinBox,
 )
 
+from .settings import EngineSettings
+
+SAM2_DEFAULT = EngineSettings.segmenter_checkpoint    # the default segmenter's weights
+
 
 def tr(text):
     return QCoreApplication.translate("SocioReasoner", text)
@@ -39,6 +43,8 @@ class SettingsDialog(QDialog):
         self.segmenter.setCurrentText(settings.segmenter)
         self.checkpoint = QLineEdit(settings.segmenter_checkpoint)
         self.variant = QLineEdit(settings.segmenter_variant)
+        self._show_checkpoint_kind(settings.segmenter)
+        self.segmenter.currentTextChanged.connect(self._segmenter_changed)
         self.device = QComboBox()
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.device.setCurrentText(settings.device)
@@ -85,6 +91,20 @@ class SettingsDialog(QDialog):
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+
+    def _segmenter_changed(self, kind):
+        """The other segmenter's default weights would only fail to load: swap them."""
+        text = self.checkpoint.text().strip()
+        if kind == "sam" and text == SAM2_DEFAULT:
+            self.checkpoint.clear()
+        elif kind == "sam2" and not text:
+            self.checkpoint.setText(SAM2_DEFAULT)
+        self._show_checkpoint_kind(kind)
+
+    def _show_checkpoint_kind(self, kind):
+        self.checkpoint.setPlaceholderText(
+            tr("path to a SAM checkpoint, e.g. sam_vit_h_4b8939.pth") if kind == "sam"
+            else tr("hub id, folder or .pt file"))
 
     def apply(self):
         """Copy the widgets' values into the settings and store them."""

@@ -72,3 +72,19 @@ def test_tile_batch_saved_before_auto_existed_reads_as_auto(plugin_package, qgis
     EngineSettings(tile_batch=1).save()
     assert EngineSettings.load().tile_batch == 1
     QgsSettings().remove(PREFIX.rstrip("/"))
+
+
+def test_switching_the_segmenter_swaps_the_default_weights(plugin_package, qgis_app):
+    """SAM2's hub id would only fail as a SAM checkpoint: switching to sam clears it and
+    says what SAM wants; back to sam2 restores it; weights the user typed are kept."""
+    from socioreasoner.ui.settings import EngineSettings
+    from socioreasoner.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(EngineSettings())
+    dialog.segmenter.setCurrentText("sam")
+    assert dialog.checkpoint.text() == "" and ".pth" in dialog.checkpoint.placeholderText()
+    dialog.segmenter.setCurrentText("sam2")
+    assert dialog.checkpoint.text() == EngineSettings().segmenter_checkpoint
+    dialog.checkpoint.setText("/models/sam2_finetune.pt")
+    dialog.segmenter.setCurrentText("sam")
+    assert dialog.checkpoint.text() == "/models/sam2_finetune.pt"
