@@ -127,12 +127,12 @@ class Controller:
             replies = []
             # rendered on the main thread, one batch at a time: flat memory however large
             # the view, and QGIS stays responsive between batches
-            for done, batch in tile_batches(capture, self.session.tile_batch(), self._on_main,
-                                            is_cancelled):
-                progress = batch_progress(report, done, len(batch), n, (0.05, 1.0))
-                replies += run_tiles(self.session, batch, sat_file, query, mode, progress,
+            for batch in tile_batches(capture, self.session.tile_batch(), self._on_main,
+                                      is_cancelled):
+                progress = batch_progress(report, batch, n, (0.05, 1.0))
+                replies += run_tiles(self.session, batch.tiles, sat_file, query, mode, progress,
                                      is_cancelled, extra=self.debug_params)
-                extents.extend(t.extent for t in batch)
+                extents.extend(t.extent for t in batch.tiles)
             if not replies and not is_cancelled():
                 raise CaptureError(tr("No part of the view is covered by the satellite layer."))
             return replies

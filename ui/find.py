@@ -9,6 +9,7 @@ task asks it through a blocking signal, Processing runs there) and how it waits.
 import base64
 import json
 import os
+import time
 from dataclasses import dataclass
 from itertools import islice
 
@@ -46,32 +47,55 @@ def start_capture(extent, crs, sat, map_, settings, transform_context, project) 
     return ViewCapture(plan, tiles, sat_file)
 
 
+@dataclass
+class TileBatch:
+    """Tiles rendered for one request, and where the view stands."""
+
+    done: int                 # tiles answered before this batch
+    tiles: list               # CaptureTile
+    left_s: float | None      # the rest of the view at the pace so far (None at first)
+
+
 def tile_batches(capture: ViewCapture, size: int, on_main=None, is_cancelled=None):
-    """Yield (tiles done before, batch) until the view is done or ``is_cancelled()``,
-    rendering each batch of up to ``size`` tiles on the main thread: through
-    ``on_main(fn)`` from another thread, or right here when called on the main thread.
-    One batch is held at a time."""
-    done = 0
+    """Yield `TileBatch` es until the view is done or ``is_cancelled()``, rendering each
+    batch of up to ``size`` tiles on the main thread: through ``on_main(fn)`` from another
+    thread, or right here when called on the main thread. One batch is held at a time."""
+    done, start = 0, time.monotonic()
     while is_cancelled is None or not is_cancelled():
         def render():
             return list(islice(capture.tiles, max(1, size)))
 
-        batch = on_main(render) if on_main is not None else render()
-        if not batch:
+        tiles = on_main(render) if on_main is not None else render()
+        if not tiles:
             return
-        yield done, batch
-        done += len(batch)
+        pace = (time.monotonic() - start) / done if done else None
+        yield TileBatch(done, tiles, pace * (capture.count - done) if pace else None)
+        done += len(tiles)
 
 
-def batch_progress(report, done: int, size: int, count: int, span=(0.0, 1.0)):
+def batch_progress(report, batch: TileBatch, count: int, span=(0.0, 1.0)):
     """``report(value, message)`` for the view, as a batch's ``(fraction, message)``
-    progress: the value runs over ``span`` as the view's tiles are done."""
+    progress: the value runs over ``span`` as the view's tiles are done, and the message
+    says which tiles and, from the second batch, about how long the rest will take (on a
+    CPU a tile takes minutes)."""
     lo, hi = span
+    size = len(batch.tiles)
+    where = tiles_label(batch.done, size, count)
+    if batch.left_s is not None:
+        where += f", {_tr('about')} {duration(batch.left_s)} {_tr('left')}"
 
     def progress(fraction, message):
-        report(lo + (hi - lo) * (done + fraction * size) / count,
-               f"{tiles_label(done, size, count)}: {message}" if count > 1 else message)
+        report(lo + (hi - lo) * (batch.done + fraction * size) / count,
+               f"{where}: {message}" if count > 1 else message)
     return progress
+
+
+def duration(seconds: float) -> str:
+    """"40 s", "12 min", "2 h 05 min": whole units, as an estimate deserves."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def run_tiles(session, tiles: list, sat_file, query: str, mode: str, on_progress=None,

@@ -431,14 +431,14 @@ class FindEntitiesAlgorithm(QgsProcessingAlgorithm):
 
             replies = []
             # rendered here, on the main thread, one batch at a time (flat memory)
-            for done, batch in tile_batches(captured, session.tile_batch(),
-                                            is_cancelled=feedback.isCanceled):
-                for warning in (w for tile in batch for w in tile.warnings):
+            for batch in tile_batches(captured, session.tile_batch(),
+                                      is_cancelled=feedback.isCanceled):
+                for warning in (w for tile in batch.tiles for w in tile.warnings):
                     feedback.reportError(warning, False)
-                progress = batch_progress(on_tiles, done, len(batch), captured.count, _TILES)
+                progress = batch_progress(on_tiles, batch, captured.count, _TILES)
                 replies += _wait_for(
-                    lambda report, is_cancelled, batch=batch: run_tiles(
-                        session, batch, captured.sat_file, query, mode, report, is_cancelled),
+                    lambda report, is_cancelled, tiles=batch.tiles: run_tiles(
+                        session, tiles, captured.sat_file, query, mode, report, is_cancelled),
                     feedback, cancelled, progress)
                 progress(1.0, tr("done"))
             if feedback.isCanceled():

@@ -267,8 +267,8 @@ def test_a_wide_extent_runs_per_tile_and_merges(scene, tile_batch):
         "SATELLITE": layers["sat"], "MAP": layers["map"], "QUERY": "school",
         "MODE": "stage1", "ENGINE_SPEC": spec([S1], tile_batch=tile_batch),
         "OUTPUT": "TEMPORARY_OUTPUT"}, feedback=feedback)["OUTPUT"]
-    told = "tiles 1–2/2" if tile_batch == 2 else "tile 2/2"
-    assert any(told in t for t in feedback.texts)
+    told = "tiles 1–2/2" if tile_batch == 2 else "tile 2/2, about "   # the rest's estimate
+    assert any(told in t and (tile_batch == 2 or " left: " in t) for t in feedback.texts)
     steps = [p for p in progress if p < 100]     # then 100 once the sink is written
     assert steps == sorted(steps) and steps[-1] == pytest.approx(95) and progress[-1] == 100
     assert any(20 < p < 95 for p in steps)       # the worker's own progress came through
@@ -458,3 +458,10 @@ def test_cancel_stops_the_run_and_the_next_run_works(scene):
     assert time.monotonic() - feedback.cancelled_at < 8
     out = processing.run(ALG_ID, {**params, "ENGINE_SPEC": spec([S1])})["OUTPUT"]
     assert out.featureCount() == 1
+
+
+def test_durations_read_as_estimates(plugin_package):
+    from socioreasoner.ui.find import duration
+
+    assert [duration(s) for s in (0.2, 42.4, 60, 725, 3600, 7530)] == [
+        "1 s", "42 s", "1 min", "12 min", "1 h 00 min", "2 h 06 min"]
