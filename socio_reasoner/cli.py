@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import SocioReasonerError
+from .models.segmenter import DEFAULT_SAM2
 from .worker.server import DEFAULT_MODELS
 
 
@@ -25,7 +26,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="Segmenter backend (default: %(default)s).")
     p.add_argument("--segmenter-checkpoint", default=None,
                    help="Segmenter weights: hub id, folder, or checkpoint file "
-                        f"(default for sam2: {DEFAULT_MODELS['segmenter_checkpoint']}).")
+                        f"(default for sam2: {DEFAULT_SAM2}).")
     p.add_argument("--segmenter-variant", default=None,
                    help="Architecture of a bare checkpoint file: for sam2 a hub id "
                         "(facebook/sam2-hiera-large) or config (configs/sam2/sam2_hiera_l.yaml), "
@@ -54,12 +55,8 @@ def _model_spec(args) -> dict:
             "vlm_backend": args.vlm_backend}
     if args.segmenter_checkpoint:
         spec["segmenter_checkpoint"] = args.segmenter_checkpoint
-    elif args.segmenter != DEFAULT_MODELS["segmenter"]:
-        spec["segmenter_checkpoint"] = None
     if args.segmenter_variant:
         spec["segmenter_variant"] = args.segmenter_variant
-    elif args.segmenter != DEFAULT_MODELS["segmenter"]:
-        spec["segmenter_variant"] = None
     return spec
 
 
@@ -268,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = sub.add_parser("download", help="Fetch the default weights into the Hugging Face cache.")
     dl.add_argument("--vlm", default=DEFAULT_MODELS["vlm"], help="VLM hub id (default: %(default)s).")
-    dl.add_argument("--segmenter-checkpoint", default=DEFAULT_MODELS["segmenter_checkpoint"],
+    dl.add_argument("--segmenter-checkpoint", default=DEFAULT_SAM2,
                     help="SAM2 hub id (default: %(default)s).")
     dl.set_defaults(func=cmd_download)
     return parser

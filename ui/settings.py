@@ -24,7 +24,7 @@ class EngineSettings:
     vlm: str = "vvangfaye/SocioReasoner-3B"      # hub id or local folder
     vlm_backend: str = "transformers"            # transformers | vllm (an engine with vLLM)
     segmenter: str = "sam2"                      # sam2 | sam
-    segmenter_checkpoint: str = "facebook/sam2-hiera-large"
+    segmenter_checkpoint: str = ""               # empty: sam2's default (SAM2-L); sam needs a file
     segmenter_variant: str = ""                  # only for bare checkpoint files
     device: str = "auto"                         # auto | cuda | mps | cpu
     mode: str = "two-stage"                      # two-stage | stage1 | single

@@ -12,10 +12,6 @@ from qgis.PyQt.QtWidgets import (
     QSpinBox,
 )
 
-from .settings import EngineSettings
-
-SAM2_DEFAULT = EngineSettings.segmenter_checkpoint    # the default segmenter's weights
-
 
 def tr(text):
     return QCoreApplication.translate("SocioReasoner", text)
@@ -44,7 +40,7 @@ class SettingsDialog(QDialog):
         self.checkpoint = QLineEdit(settings.segmenter_checkpoint)
         self.variant = QLineEdit(settings.segmenter_variant)
         self._show_checkpoint_kind(settings.segmenter)
-        self.segmenter.currentTextChanged.connect(self._segmenter_changed)
+        self.segmenter.currentTextChanged.connect(self._show_checkpoint_kind)
         self.device = QComboBox()
         self.device.addItems(["auto", "cuda", "mps", "cpu"])
         self.device.setCurrentText(settings.device)
@@ -92,19 +88,11 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
 
-    def _segmenter_changed(self, kind):
-        """The other segmenter's default weights would only fail to load: swap them."""
-        text = self.checkpoint.text().strip()
-        if kind == "sam" and text == SAM2_DEFAULT:
-            self.checkpoint.clear()
-        elif kind == "sam2" and not text:
-            self.checkpoint.setText(SAM2_DEFAULT)
-        self._show_checkpoint_kind(kind)
-
     def _show_checkpoint_kind(self, kind):
+        """What the weights field wants: empty keeps sam2's default, sam needs its file."""
         self.checkpoint.setPlaceholderText(
             tr("path to a SAM checkpoint, e.g. sam_vit_h_4b8939.pth") if kind == "sam"
-            else tr("hub id, folder or .pt file"))
+            else tr("default: facebook/sam2-hiera-large; or a hub id, folder or .pt file"))
 
     def apply(self):
         """Copy the widgets' values into the settings and store them."""

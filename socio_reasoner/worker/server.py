@@ -27,9 +27,7 @@ log = logging.getLogger("socio_reasoner.worker")
 
 DEFAULT_MODELS = {
     "vlm": "vvangfaye/SocioReasoner-3B",
-    "segmenter": "sam2",
-    "segmenter_checkpoint": "facebook/sam2-hiera-large",
-    "segmenter_variant": None,      # a bare checkpoint file's architecture; see load_segmenter
+    "segmenter": "sam2",            # its weights default in load_segmenter (SAM2-L for sam2)
     "device": "auto",
 }
 

@@ -181,3 +181,13 @@ def test_a_bare_sam2_checkpoint_loads_with_its_config_and_asks_for_it_without(tm
     engine = Engine()
     engine.load({**spec, "segmenter_variant": str(tiny_sam2 / "config.yaml")}, lambda f, m: None)
     assert engine.reasoner.segmenter.name.startswith("sam2:")
+
+
+def test_sam_without_weights_is_asked_for_its_file_not_given_sam2s():
+    """The worker's defaults hold no segmenter weights: SAM2's hub id is sam2's default
+    inside load_segmenter, and never reaches SAM (v1), which asks for its own file."""
+    from socio_reasoner.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match="SAM needs a checkpoint file"):
+        Engine().load({"vlm": "scripted", "vlm_answers": [S1], "segmenter": "sam",
+                       "segmenter_checkpoint": None, "device": "cpu"}, lambda f, m: None)

@@ -74,9 +74,9 @@ def test_tile_batch_saved_before_auto_existed_reads_as_auto(plugin_package, qgis
     QgsSettings().remove(PREFIX.rstrip("/"))
 
 
-def test_switching_the_segmenter_swaps_the_default_weights(plugin_package, qgis_app):
-    """SAM2's hub id would only fail as a SAM checkpoint: switching to sam clears it and
-    says what SAM wants; back to sam2 restores it; weights the user typed are kept."""
+def test_the_weights_field_follows_the_segmenter_kind(plugin_package, qgis_app):
+    """The weights field is empty by default (sam2's default weights; no SAM2 hub id is
+    left for SAM to fail on); switching kinds says what each wants and keeps typed weights."""
     from socioreasoner.ui.settings import EngineSettings
     from socioreasoner.ui.settings_dialog import SettingsDialog
 
