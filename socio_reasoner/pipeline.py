@@ -164,11 +164,14 @@ class SocioReasoner:
             return cancel is not None and bool(cancel())
         return on_step
 
-    def _stage(self, name, items: list[_Item], requests, use_points, cancel, on_step=None) -> None:
-        """One VLM call per item (batched when possible), then SAM per item."""
+    def _stage(self, name, items: list[_Item], requests, use_points, cancel,
+               progress: ProgressFn, message: str, span: tuple[float, float]) -> None:
+        """One VLM call per item (batched when possible), then SAM per item; progress
+        moves through ``span`` as the answer grows."""
         _check(cancel)
+        progress(span[0], message)
         t0 = time.perf_counter()
-        replies = self._generate(requests, on_step)
+        replies = self._generate(requests, self._watch(progress, cancel, message, span))
         vlm_s = (time.perf_counter() - t0) / max(1, len(items))
         for item, (_, text), reply in zip(items, requests, replies, strict=True):
             _check(cancel)
@@ -233,26 +236,20 @@ class SocioReasoner:
             encoded = sum(self.set_image(item.sat_f, item.sat_key) for item in items)
             seconds["sam_encode"] = (time.perf_counter() - t0) / max(1, encoded)
             if mode == "single":
-                message = "localizing with boxes and points"
-                progress(0.1, message)
                 self._stage("single", items, [([i.map_f, i.sat_f], prompts.single_stage_prompt(i.query))
                                               for i in items], True, cancel,
-                            self._watch(progress, cancel, message, (0.1, 0.9)))
+                            progress, "localizing with boxes and points", (0.1, 0.9))
             else:
-                message = "stage 1: localizing"
-                progress(0.1, message)
                 self._stage("stage1", items, [([i.map_f, i.sat_f], prompts.stage1_prompt(i.query))
                                               for i in items], False, cancel,
-                            self._watch(progress, cancel, message, (0.1, 0.5)))
+                            progress, "stage 1: localizing", (0.1, 0.5))
                 todo = [i for i in items if i.stages[0].prompts] if mode == "two-stage" else []
                 if todo:
-                    message = "stage 2: refining with points"
-                    progress(0.55, message)
                     t0 = time.perf_counter()
                     requests = [self._stage2_request(i) for i in todo]
                     seconds["render"] = (time.perf_counter() - t0) / len(todo)
                     self._stage("stage2", todo, requests, True, cancel,
-                                self._watch(progress, cancel, message, (0.55, 0.95)))
+                                progress, "stage 2: refining with points", (0.55, 0.95))
             results = []
             for item, (_, sat_image, _) in zip(items, views, strict=True):
                 h, w = sat_image.shape[:2]

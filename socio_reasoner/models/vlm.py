@@ -322,7 +322,6 @@ class _Watch:
 
     def _before_layer(self, module, args):
         if self.on_step(0):
-            self.cancelled = True
             raise CancelledError("Cancelled by the user.")
 
     def remove_hooks(self) -> None:
@@ -334,6 +333,5 @@ class _Watch:
         import torch
 
         self.remove_hooks()
-        stop = bool(self.on_step(input_ids.shape[1] - self.prompt_len))
-        self.cancelled = self.cancelled or stop
+        stop = self.cancelled = bool(self.on_step(input_ids.shape[1] - self.prompt_len))
         return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
